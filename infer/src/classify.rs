@@ -1,0 +1,129 @@
+//! `zoo classify`: top-k classes for images or a preprocessed batch.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use rayon::prelude::*;
+use serde::Serialize;
+use zoo_datasets::{EvalTransform, load_rgb};
+use zoo_models::{Classifier, ZooConfig};
+
+use crate::npy;
+
+/// Builds the classifier of a config and loads its weights.
+pub fn load_classifier(config: &ZooConfig, config_path: &Path, weights: &Path, device: &Device) -> Result<Classifier> {
+    let Some(model) = Classifier::init(&config.model, device) else {
+        bail!("{}: model arch `{}` is not a classifier", config_path.display(), config.model.arch());
+    };
+    Ok(model.load(weights)?)
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopK {
+    pub class: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub probability: f32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Classification {
+    pub inputs: Vec<String>,
+    pub logits: Vec<Vec<f32>>,
+    pub top_k: Vec<Vec<TopK>>,
+}
+
+/// Where the inputs come from.
+pub enum Inputs {
+    Images(Vec<PathBuf>),
+    Npy(PathBuf),
+}
+
+/// Decodes and transforms images on all cores, in the given order.
+pub fn transform_images(paths: &[PathBuf], transform: &EvalTransform) -> Result<Vec<Vec<f32>>> {
+    paths
+        .par_iter()
+        .map(|p| Ok(transform.apply(&load_rgb(p)?)))
+        .collect()
+}
+
+pub fn classify(
+    model: &Classifier,
+    config: &ZooConfig,
+    inputs: &Inputs,
+    k: usize,
+    device: &Device,
+) -> Result<Classification> {
+    let Some(size) = config.model.image_size() else {
+        bail!("model arch `{}` is not a classifier", config.model.arch());
+    };
+    let labels = config.labels()?;
+    let mut logits = Vec::new();
+    let names = match inputs {
+        Inputs::Npy(path) => {
+            let x = npy::read_batch(path, device)?;
+            let [b, c, h, w] = x.dims();
+            if c != 3 || h != size || w != size {
+                bail!("input {}: shape [{b}, {c}, {h}, {w}] given, [batch, 3, {size}, {size}] expected by the config", path.display());
+            }
+            logits.push(model.forward(x));
+            (0..b).map(|i| format!("{}[{i}]", path.display())).collect()
+        }
+        Inputs::Images(paths) => {
+            let transform = EvalTransform::new(size, &config.data);
+            for chunk in paths.chunks(config.eval.batch_size) {
+                let batch = transform_images(chunk, &transform)?;
+                logits.push(model.forward(transform.batch(batch, device)));
+            }
+            paths.iter().map(|p| p.display().to_string()).collect()
+        }
+    };
+    let logits = Tensor::cat(logits, 0);
+    let [b, classes] = logits.dims();
+    if let Some(labels) = &labels {
+        if labels.len() != classes {
+            bail!("label file has {} lines but the model has {classes} classes", labels.len());
+        }
+    }
+    let probs: Vec<f32> = softmax(logits.clone(), 1).into_data().try_into_vec().context("reading probabilities")?;
+    let logits: Vec<f32> = logits.into_data().try_into_vec().context("reading logits")?;
+    let top_k = probs
+        .chunks(classes)
+        .map(|p| {
+            let mut order: Vec<usize> = (0..classes).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+            order
+                .into_iter()
+                .take(k)
+                .map(|class| TopK {
+                    class,
+                    label: labels.as_ref().map(|l| l[class].clone()),
+                    probability: p[class],
+                })
+                .collect()
+        })
+        .collect();
+    debug_assert_eq!(logits.len(), b * classes);
+    Ok(Classification {
+        inputs: names,
+        logits: logits.chunks(classes).map(<[f32]>::to_vec).collect(),
+        top_k,
+    })
+}
+
+impl Classification {
+    /// One block per input: its name, then `rank. class (label) probability`.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        for (name, top) in self.inputs.iter().zip(&self.top_k) {
+            s.push_str(&format!("{name}\n"));
+            for (rank, t) in top.iter().enumerate() {
+                let label = t.label.as_deref().map(|l| format!(" {l}")).unwrap_or_default();
+                s.push_str(&format!("  {}. class {}{label}: {:.4}\n", rank + 1, t.class, t.probability));
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,87 @@
+//! Run-time choice among the backends compiled in by cargo feature.
+
+use anyhow::{Result, bail};
+use burn::prelude::*;
+
+/// Backend names, best first, with the cargo feature that compiles each in.
+const BACKENDS: [(&str, &str); 4] = [("wgpu", "wgpu"), ("tch", "tch"), ("flex", "flex"), ("ndarray", "ndarray")];
+
+/// The backends this binary was built with, best first.
+pub fn compiled_backends() -> Vec<&'static str> {
+    BACKENDS.iter().map(|(name, _)| *name).filter(|name| is_compiled(name)).collect()
+}
+
+fn is_compiled(name: &str) -> bool {
+    match name {
+        "wgpu" => cfg!(feature = "wgpu"),
+        "tch" => cfg!(feature = "tch"),
+        "flex" => cfg!(feature = "flex"),
+        "ndarray" => cfg!(feature = "ndarray"),
+        _ => false,
+    }
+}
+
+/// The device named by `--device`, else by `BURN_DEVICE`, else the best compiled-in backend.
+pub fn select_device(flag: Option<&str>) -> Result<Device> {
+    let env = std::env::var("BURN_DEVICE").ok().filter(|s| !s.is_empty());
+    let name = match flag.map(str::to_string).or(env) {
+        Some(name) => name,
+        None => match compiled_backends().first() {
+            Some(best) => best.to_string(),
+            None => bail!("no backend compiled in: build with one of the features flex, ndarray, wgpu, tch"),
+        },
+    };
+    device_named(&name.to_ascii_lowercase())
+}
+
+#[allow(deprecated, unreachable_code)]
+fn device_named(name: &str) -> Result<Device> {
+    let Some((_, feature)) = BACKENDS.iter().find(|(n, _)| *n == name) else {
+        bail!(
+            "unknown device `{name}`: choose one of {} (compiled in: {})",
+            BACKENDS.map(|(n, _)| n).join(", "),
+            compiled_backends().join(", ")
+        );
+    };
+    if !is_compiled(name) {
+        bail!(
+            "device `{name}` is not compiled into this binary: rebuild with `--features {feature}` \
+             (compiled in: {})",
+            compiled_backends().join(", ")
+        );
+    }
+    Ok(match name {
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
+        #[cfg(feature = "tch")]
+        "tch" => Device::libtorch(),
+        #[cfg(feature = "flex")]
+        "flex" => Device::flex(),
+        #[cfg(feature = "ndarray")]
+        "ndarray" => Device::ndarray(),
+        _ => unreachable!("`{name}` was checked to be compiled in"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_missing_backends_are_clear_errors() {
+        let err = select_device(Some("cuda")).unwrap_err().to_string();
+        assert!(err.contains("unknown device `cuda`"), "{err}");
+        for (name, feature) in BACKENDS {
+            if !is_compiled(name) {
+                let err = select_device(Some(name)).unwrap_err().to_string();
+                assert!(err.contains(&format!("--features {feature}")), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn flex_is_the_default_build() {
+        assert!(compiled_backends().contains(&"flex"));
+        assert!(select_device(Some("flex")).is_ok());
+    }
+}

@@ -1,0 +1,27 @@
+//! Preprocessed input batches from `.npy` files (float32, C order).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+
+/// Reads a float32 `[B, C, H, W]` batch.
+pub fn read_batch(path: &Path, device: &Device) -> Result<Tensor<4>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read input {}", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..])
+        .with_context(|| format!("input {} is not a .npy file", path.display()))?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    if npy.order() != npyz::Order::C {
+        bail!("input {}: Fortran-ordered arrays are not supported, save it in C order", path.display());
+    }
+    let dtype = npy.dtype().descr();
+    if dtype != "<f4" {
+        bail!("input {}: dtype {dtype} given, float32 (<f4) expected", path.display());
+    }
+    let [_, _, _, _] = shape[..] else {
+        bail!("input {}: shape {shape:?} given, [batch, channels, height, width] expected", path.display());
+    };
+    let values: Vec<f32> =
+        npy.into_vec().with_context(|| format!("input {}: cannot read its values", path.display()))?;
+    Ok(Tensor::from_data(TensorData::new(values, shape), device))
+}

@@ -1,0 +1,37 @@
+# The zoo's tasks. Install just with `cargo install just` (or `pip install rust-just`).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Backends compiled into `zoo` (cargo features of zoo-infer): flex (default), ndarray, wgpu, tch.
+features := env_var_or_default("ZOO_FEATURES", "flex")
+zoo := "target/release/zoo"
+
+# List the recipes.
+default:
+    @just --list
+
+# Build the `zoo` binary (release) with the chosen backends.
+build:
+    cargo build --release -p zoo-infer --no-default-features --features {{features}}
+
+# Run every test on the default (flex) build.
+test:
+    cargo test --workspace
+
+# Needs PyTorch 2.9.0 on PATH's python3 (for libtorch) and a Vulkan driver (mesa's lavapipe will do).
+# One build with every backend: the same tiny models must agree with timm on each.
+test-backends:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+    export LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}" XDG_RUNTIME_DIR=/tmp
+    export ZOO_REQUIRE_BACKENDS=flex,ndarray,wgpu,tch
+    cargo test -p zoo-infer --features flex,ndarray,wgpu,tch --test backends -- --nocapture
+
+# Classify images: just classify configs/vit_b16.toml weights.safetensors img1.jpg img2.png
+classify config weights +images: build
+    {{zoo}} classify --config {{config}} --weights {{weights}} --image {{images}}
+
+# Convert a checkpoint to burnpack: just convert configs/vit_b16.toml in.safetensors out.bpk
+convert config weights out: build
+    {{zoo}} convert --config {{config}} --weights {{weights}} --out {{out}}

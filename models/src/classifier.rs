@@ -1,0 +1,49 @@
+//! The image classifiers behind one type, so that commands and training take any of them.
+
+use std::path::Path;
+
+use burn::prelude::*;
+
+use crate::config::ModelConfig;
+use crate::import::{ImportError, load_weights, save_burnpack};
+use crate::tnt::Tnt;
+use crate::vit::Vit;
+
+#[derive(Module, Debug)]
+pub enum Classifier {
+    Vit(Vit),
+    Tnt(Tnt),
+}
+
+impl Classifier {
+    /// A randomly initialised classifier; `None` for configs of other kinds of model.
+    pub fn init(config: &ModelConfig, device: &Device) -> Option<Self> {
+        match config {
+            ModelConfig::Vit(c) => Some(Classifier::Vit(c.init(device))),
+            ModelConfig::Tnt(c) => Some(Classifier::Tnt(c.init(device))),
+            ModelConfig::Detr(_) => None,
+        }
+    }
+
+    /// Logits `[B, classes]` for normalised images `[B, 3, H, W]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            Classifier::Vit(m) => m.forward(images),
+            Classifier::Tnt(m) => m.forward(images),
+        }
+    }
+
+    pub fn load(self, path: &Path) -> Result<Self, ImportError> {
+        Ok(match self {
+            Classifier::Vit(m) => Classifier::Vit(load_weights(m, path)?),
+            Classifier::Tnt(m) => Classifier::Tnt(load_weights(m, path)?),
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), ImportError> {
+        match self {
+            Classifier::Vit(m) => save_burnpack(m, path),
+            Classifier::Tnt(m) => save_burnpack(m, path),
+        }
+    }
+}

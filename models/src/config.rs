@@ -1,0 +1,183 @@
+//! One config system for every model: a TOML file with a `[model]` section (its `arch` picks the
+//! architecture), a `[data]` section (preprocessing and dataset paths) and an `[eval]` section.
+//! Unknown and missing fields are errors that name the file and the field.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use crate::detr::DetrConfig;
+use crate::tnt::TntConfig;
+use crate::vit::VitConfig;
+
+/// A whole config file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZooConfig {
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// The architecture and its hyper-parameters; `arch = "vit"` selects [`VitConfig`], `"tnt"` [`TntConfig`], `"detr"` [`DetrConfig`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "arch", rename_all = "snake_case")]
+pub enum ModelConfig {
+    Vit(VitConfig),
+    Tnt(TntConfig),
+    Detr(DetrConfig),
+}
+
+impl ModelConfig {
+    pub fn arch(&self) -> &'static str {
+        match self {
+            ModelConfig::Vit(_) => "vit",
+            ModelConfig::Tnt(_) => "tnt",
+            ModelConfig::Detr(_) => "detr",
+        }
+    }
+
+    /// The square input size of a classifier; DETR takes images of any size.
+    pub fn image_size(&self) -> Option<usize> {
+        match self {
+            ModelConfig::Vit(c) => Some(c.image_size),
+            ModelConfig::Tnt(c) => Some(c.image_size),
+            ModelConfig::Detr(_) => None,
+        }
+    }
+}
+
+/// How images are resampled when resizing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interpolation {
+    Bilinear,
+    Bicubic,
+}
+
+/// Preprocessing and dataset locations.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Per-channel mean subtracted after scaling pixels to [0, 1].
+    #[serde(default = "default_mean")]
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by after subtracting the mean.
+    #[serde(default = "default_std")]
+    pub std: [f32; 3],
+    /// Resampling filter of the eval resize.
+    #[serde(default = "default_interpolation")]
+    pub interpolation: Interpolation,
+    /// Eval transform: resize the shorter side to floor(image_size / crop_pct), then center crop.
+    #[serde(default = "default_crop_pct")]
+    pub crop_pct: f64,
+    /// Optional text file with one class name per line (line i = class i), relative to the config.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            mean: default_mean(),
+            std: default_std(),
+            interpolation: default_interpolation(),
+            crop_pct: default_crop_pct(),
+            labels: None,
+        }
+    }
+}
+
+fn default_mean() -> [f32; 3] {
+    [0.5, 0.5, 0.5]
+}
+fn default_std() -> [f32; 3] {
+    [0.5, 0.5, 0.5]
+}
+fn default_interpolation() -> Interpolation {
+    Interpolation::Bicubic
+}
+fn default_crop_pct() -> f64 {
+    0.9
+}
+
+/// Evaluation and inference settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { batch_size: default_eval_batch() }
+    }
+}
+
+fn default_eval_batch() -> usize {
+    8
+}
+
+/// A config file that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl ZooConfig {
+    /// Reads and validates a TOML config; relative paths inside it are resolved against its folder.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let mut config = Self::from_toml_str(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        if let (Some(labels), Some(dir)) = (&config.data.labels, path.parent()) {
+            if labels.is_relative() {
+                config.data.labels = Some(dir.join(labels));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text; the error says which field is wrong and why.
+    pub fn from_toml_str(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match &self.model {
+            ModelConfig::Vit(c) => c.validate()?,
+            ModelConfig::Tnt(c) => c.validate()?,
+            ModelConfig::Detr(c) => c.validate()?,
+        }
+        let d = &self.data;
+        if !(d.crop_pct > 0.0 && d.crop_pct <= 1.0) {
+            return Err(format!("data.crop_pct = {} must be in (0, 1]", d.crop_pct));
+        }
+        if d.std.iter().any(|s| *s <= 0.0) {
+            return Err(format!("data.std = {:?} must be positive", d.std));
+        }
+        if self.eval.batch_size == 0 {
+            return Err("eval.batch_size must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Class names from `data.labels`, if the config names a label file.
+    pub fn labels(&self) -> Result<Option<Vec<String>>, ConfigError> {
+        let Some(path) = &self.data.labels else { return Ok(None) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.clone(), source })?;
+        Ok(Some(text.lines().map(|l| l.trim().to_string()).collect()))
+    }
+}

@@ -1,0 +1,220 @@
+//! Weight import: reads a checkpoint (`.safetensors`, PyTorch `.pth`/`.pt`/`.bin`, or the zoo's
+//! own burnpack `.bpk`), lets the model translate the reference's names and layouts into its own,
+//! and applies every tensor strictly: a missing or unexpected key or a wrong shape is an error
+//! that lists the keys, never a silent partial load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::store::{
+    BurnpackStore, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
+    PytorchStore, SafetensorsStore, bridge,
+};
+use burn::tensor::{Bytes, DType};
+
+use crate::resample::{Filter, resize_f32};
+
+/// Checkpoint tensors by name, in the reference's (PyTorch) layout.
+pub type Tensors = BTreeMap<String, TensorData>;
+
+/// A module that can take the tensors of its reference implementation's checkpoints.
+pub trait Checkpoint: Module + Sized {
+    /// Renames, splits or resamples the checkpoint's tensors so that each key is this module's
+    /// parameter path, still in PyTorch layout (`Linear` weights `[out, in]`, norms `weight`/`bias`).
+    fn adapt_checkpoint(&self, tensors: Tensors) -> Result<Tensors, String>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("weights file {0} does not exist")]
+    NotFound(PathBuf),
+    #[error("unsupported weights file {0}: expected .safetensors, .pth, .pt, .bin or .bpk")]
+    Format(PathBuf),
+    #[error("cannot read weights {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("weights {path} do not fit this model: {message}")]
+    Mismatch { path: PathBuf, message: String },
+    #[error("cannot write weights {path}: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+/// Top-level entries under which training scripts nest the state dict, tried in this order.
+const STATE_DICT_WRAPPERS: [&str; 4] = ["model", "state_dict", "model_state_dict", "module"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Safetensors,
+    Pytorch,
+    Burnpack,
+}
+
+fn format_of(path: &Path) -> Result<Format, ImportError> {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("safetensors") => Ok(Format::Safetensors),
+        Some("pth" | "pt" | "bin" | "ckpt") => Ok(Format::Pytorch),
+        Some("bpk") => Ok(Format::Burnpack),
+        _ => Err(ImportError::Format(path.to_path_buf())),
+    }
+}
+
+/// Loads weights from any supported file into `model`, strictly.
+pub fn load_weights<M: Checkpoint>(mut model: M, path: &Path) -> Result<M, ImportError> {
+    if !path.is_file() {
+        return Err(ImportError::NotFound(path.to_path_buf()));
+    }
+    let read_err = |message: String| ImportError::Read { path: path.to_path_buf(), message };
+    let result = match format_of(path)? {
+        Format::Burnpack => {
+            // Read the whole file now: a file-backed store would read each tensor lazily on first
+            // use, from whatever the path holds by then.
+            let bytes = std::fs::read(path).map_err(|e| read_err(e.to_string()))?;
+            let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)));
+            model.load_from(&mut store).map_err(|e| read_err(e.to_string()))?
+        }
+        format => {
+            let tensors = read_checkpoint(path, format)?;
+            let tensors = model
+                .adapt_checkpoint(tensors)
+                .map_err(|message| ImportError::Mismatch { path: path.to_path_buf(), message })?;
+            let packs = tensors.into_iter().map(|(k, d)| bridge::from_data(d, k, None)).collect();
+            let adapter: Box<dyn ModuleAdapter> = Box::new(PyTorchToBurnAdapter);
+            model.apply(packs, None, Some(adapter), false)
+        }
+    };
+    check_applied(&result, path)?;
+    Ok(model)
+}
+
+/// Reads every tensor of a `.safetensors` or PyTorch file as f32 (integer tensors kept as is).
+pub fn read_checkpoint_file(path: &Path) -> Result<Tensors, ImportError> {
+    if !path.is_file() {
+        return Err(ImportError::NotFound(path.to_path_buf()));
+    }
+    match format_of(path)? {
+        Format::Burnpack => Err(ImportError::Format(path.to_path_buf())),
+        format => read_checkpoint(path, format),
+    }
+}
+
+fn read_checkpoint(path: &Path, format: Format) -> Result<Tensors, ImportError> {
+    let read_err = |message: String| ImportError::Read { path: path.to_path_buf(), message };
+    let packs = match format {
+        Format::Safetensors => {
+            let mut store = SafetensorsStore::from_file(path);
+            store.get_all_tensors().map_err(|e| read_err(e.to_string()))?.clone()
+        }
+        Format::Pytorch => {
+            // A state dict nested under a wrapper key (`{"model": {...}}`) is read from there;
+            // a flat state dict has no such entry and is read whole.
+            let nested = STATE_DICT_WRAPPERS.iter().find_map(|key| {
+                let mut store = PytorchStore::from_file(path)
+                    .with_top_level_key(*key)
+                    .map_indices_contiguous(false);
+                store.get_all_tensors().ok().filter(|t| !t.is_empty()).cloned()
+            });
+            match nested {
+                Some(t) => t,
+                None => {
+                    let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
+                    store.get_all_tensors().map_err(|e| read_err(e.to_string()))?.clone()
+                }
+            }
+        }
+        Format::Burnpack => unreachable!("burnpack files are applied directly"),
+    };
+    if packs.is_empty() {
+        return Err(read_err("the file holds no tensors".into()));
+    }
+    packs
+        .into_iter()
+        .map(|(name, pack)| {
+            let data = bridge::into_data(pack).map_err(|e| read_err(format!("tensor {name}: {e}")))?;
+            let data = match data.dtype() {
+                DType::F64 | DType::F16 | DType::BF16 => data.convert::<f32>(),
+                _ => data,
+            };
+            Ok((name, data))
+        })
+        .collect()
+}
+
+fn list(items: &[String]) -> String {
+    const SHOWN: usize = 12;
+    let mut s = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(", ... ({} in all)", items.len()));
+    }
+    s
+}
+
+fn check_applied(result: &burn::store::ApplyResult, path: &Path) -> Result<(), ImportError> {
+    let mut problems = Vec::new();
+    if !result.errors.is_empty() {
+        let errors: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+        problems.push(format!("{} tensors do not fit: {}", errors.len(), list(&errors)));
+    }
+    if !result.missing.is_empty() {
+        let missing: Vec<String> = result.missing.iter().map(|(k, _)| k.clone()).collect();
+        problems.push(format!("{} model keys missing from the file: {}", missing.len(), list(&missing)));
+    }
+    if !result.unused.is_empty() {
+        problems.push(format!(
+            "{} unexpected keys in the file: {}",
+            result.unused.len(),
+            list(&result.unused)
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ImportError::Mismatch { path: path.to_path_buf(), message: problems.join("; ") })
+    }
+}
+
+/// Writes the model's weights as burnpack, atomically (a temporary file renamed into place).
+pub fn save_burnpack<M: Module>(model: &M, path: &Path) -> Result<(), ImportError> {
+    let write_err = |message: String| ImportError::Write { path: path.to_path_buf(), message };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| write_err(e.to_string()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("weights"),
+        std::process::id()
+    ));
+    let mut store = BurnpackStore::from_file(&tmp).auto_extension(false).overwrite(true);
+    if let Err(e) = model.save_into(&mut store) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(write_err(e.to_string()));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| write_err(e.to_string()))
+}
+
+/// Resamples an absolute position embedding `[1, prefix + g*g, C]` to `[1, prefix + n, C]`
+/// (n a square), as timm's `resample_abs_pos_embed`: the prefix tokens are kept, the grid is
+/// resized with antialiased bicubic interpolation, `align_corners=False`.
+pub fn resample_pos_embed(pos: &TensorData, prefix: usize, n: usize) -> Result<TensorData, String> {
+    let dims = pos.shape().as_slice();
+    let [1, tokens, c] = *dims else {
+        return Err(format!("pos_embed has shape {dims:?}, expected [1, tokens, dim]"));
+    };
+    let square = |n: usize| {
+        let g = (n as f64).sqrt().round() as usize;
+        (g * g == n).then_some(g)
+    };
+    let (Some(old), Some(new)) = (square(tokens.saturating_sub(prefix)), square(n)) else {
+        return Err(format!(
+            "pos_embed with {tokens} tokens cannot be resampled to {n} patches: grids must be square"
+        ));
+    };
+    let values: Vec<f32> = pos.try_to_vec().map_err(|e| format!("pos_embed: {e:?}"))?;
+    // [tokens, C] -> grid [C, old, old]
+    let grid: Vec<f32> = (0..c)
+        .flat_map(|ch| (0..old * old).map(move |p| (ch, p)))
+        .map(|(ch, p)| values[(prefix + p) * c + ch])
+        .collect();
+    let resized = resize_f32(&grid, c, (old, old), (new, new), Filter::Bicubic);
+    let mut out = values[..prefix * c].to_vec();
+    out.extend((0..new * new).flat_map(|p| (0..c).map(move |ch| (p, ch))).map(|(p, ch)| resized[ch * new * new + p]));
+    Ok(TensorData::new(out, [1, prefix + new * new, c]))
+}

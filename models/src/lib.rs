@@ -1,0 +1,16 @@
+//! The zoo's models as Burn modules: ViT, TNT and DETR, built from the shared TOML configs,
+//! with weight import from the checkpoints their reference implementations write.
+
+pub mod classifier;
+pub mod config;
+pub mod detr;
+pub mod import;
+pub mod layers;
+pub mod resample;
+pub mod resnet;
+pub mod tnt;
+pub mod vit;
+
+pub use classifier::Classifier;
+pub use config::{ModelConfig, ZooConfig};
+pub use import::{ImportError, load_weights, save_burnpack};

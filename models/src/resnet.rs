@@ -1,0 +1,175 @@
+//! ResNet-50 (He et al., "Deep Residual Learning", 2016) as torchvision defines it (v1.5: the
+//! stride of a downsampling bottleneck is on its 3x3 convolution), with frozen batch norm as DETR
+//! uses it. Parameter names are torchvision's, so its checkpoints load by name.
+
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+/// Batch norm with fixed statistics and affine parameters:
+/// `y = x * scale + (bias - running_mean * scale)`, `scale = weight / sqrt(running_var + eps)`.
+#[derive(Module, Debug)]
+pub struct FrozenBatchNorm2d {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub running_mean: Param<Tensor<1>>,
+    pub running_var: Param<Tensor<1>>,
+}
+
+impl FrozenBatchNorm2d {
+    const EPS: f64 = 1e-5;
+
+    pub fn new(channels: usize, device: &Device) -> Self {
+        let fixed = |t: Tensor<1>| Param::from_tensor(t).set_require_grad(false);
+        Self {
+            weight: fixed(Tensor::ones([channels], device)),
+            bias: fixed(Tensor::zeros([channels], device)),
+            running_mean: fixed(Tensor::zeros([channels], device)),
+            running_var: fixed(Tensor::ones([channels], device)),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let c = x.dims()[1];
+        let scale = self.weight.val() * (self.running_var.val() + Self::EPS).sqrt().recip();
+        let shift = self.bias.val() - self.running_mean.val() * scale.clone();
+        x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+    }
+}
+
+fn conv(cin: usize, cout: usize, kernel: usize, stride: usize, device: &Device) -> Conv2d {
+    let pad = kernel / 2;
+    Conv2dConfig::new([cin, cout], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_bias(false)
+        .init(device)
+}
+
+/// The 1x1 projection of the shortcut when a bottleneck changes width or resolution
+/// (torchvision's `downsample.0` and `downsample.1`).
+#[derive(Module, Debug)]
+pub struct Downsample {
+    pub conv: Conv2d,
+    pub bn: FrozenBatchNorm2d,
+}
+
+/// 1x1 reduce, 3x3 (strided), 1x1 expand by 4, plus the shortcut.
+#[derive(Module, Debug)]
+pub struct Bottleneck {
+    pub conv1: Conv2d,
+    pub bn1: FrozenBatchNorm2d,
+    pub conv2: Conv2d,
+    pub bn2: FrozenBatchNorm2d,
+    pub conv3: Conv2d,
+    pub bn3: FrozenBatchNorm2d,
+    pub downsample: Option<Downsample>,
+}
+
+impl Bottleneck {
+    fn new(cin: usize, width: usize, stride: usize, device: &Device) -> Self {
+        let cout = 4 * width;
+        Self {
+            conv1: conv(cin, width, 1, 1, device),
+            bn1: FrozenBatchNorm2d::new(width, device),
+            conv2: conv(width, width, 3, stride, device),
+            bn2: FrozenBatchNorm2d::new(width, device),
+            conv3: conv(width, cout, 1, 1, device),
+            bn3: FrozenBatchNorm2d::new(cout, device),
+            downsample: (stride != 1 || cin != cout).then(|| Downsample {
+                conv: conv(cin, cout, 1, stride, device),
+                bn: FrozenBatchNorm2d::new(cout, device),
+            }),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let shortcut = match &self.downsample {
+            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            None => x.clone(),
+        };
+        let y = relu(self.bn1.forward(self.conv1.forward(x)));
+        let y = relu(self.bn2.forward(self.conv2.forward(y)));
+        relu(self.bn3.forward(self.conv3.forward(y)) + shortcut)
+    }
+}
+
+/// ResNet-50: stem, four stages of 3, 4, 6, 3 bottlenecks, optional classifier `fc`.
+#[derive(Module, Debug)]
+pub struct ResNet {
+    pub conv1: Conv2d,
+    pub bn1: FrozenBatchNorm2d,
+    pub maxpool: MaxPool2d,
+    pub layer1: Vec<Bottleneck>,
+    pub layer2: Vec<Bottleneck>,
+    pub layer3: Vec<Bottleneck>,
+    pub layer4: Vec<Bottleneck>,
+    pub avgpool: AdaptiveAvgPool2d,
+    pub fc: Option<Linear>,
+}
+
+impl ResNet {
+    /// ResNet-50; `num_classes` adds the classifier head, `None` keeps only the feature extractor.
+    pub fn resnet50(num_classes: Option<usize>, device: &Device) -> Self {
+        let mut cin = 64;
+        let mut stage = |blocks: usize, width: usize, stride: usize| {
+            let layers = (0..blocks)
+                .map(|i| {
+                    let b = Bottleneck::new(cin, width, if i == 0 { stride } else { 1 }, device);
+                    cin = 4 * width;
+                    b
+                })
+                .collect::<Vec<_>>();
+            layers
+        };
+        let (layer1, layer2, layer3, layer4) = (stage(3, 64, 1), stage(4, 128, 2), stage(6, 256, 2), stage(3, 512, 2));
+        Self {
+            conv1: Conv2dConfig::new([3, 64], [7, 7])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
+                .with_bias(false)
+                .init(device),
+            bn1: FrozenBatchNorm2d::new(64, device),
+            maxpool: MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(),
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+            avgpool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            fc: num_classes.map(|n| LinearConfig::new(2048, n).init(device)),
+        }
+    }
+
+    /// The last stage's feature map `[B, 2048, H/32, W/32]`.
+    pub fn forward_features(&self, images: Tensor<4>) -> Tensor<4> {
+        let x = relu(self.bn1.forward(self.conv1.forward(images)));
+        let mut x = self.maxpool.forward(x);
+        for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
+            x = block.forward(x);
+        }
+        x
+    }
+
+    /// Class logits, for a ResNet built with a classifier head.
+    pub fn forward(&self, images: Tensor<4>) -> Option<Tensor<2>> {
+        let fc = self.fc.as_ref()?;
+        let pooled = self.avgpool.forward(self.forward_features(images));
+        let b = pooled.dims()[0];
+        Some(fc.forward(pooled.reshape([b, 2048])))
+    }
+}
+
+/// torchvision's `downsample.0`/`downsample.1` are this module's `downsample.conv`/`downsample.bn`;
+/// `num_batches_tracked` counters are not weights.
+pub fn torchvision_key(key: &str) -> Option<String> {
+    if key.ends_with("num_batches_tracked") {
+        return None;
+    }
+    Some(key.replace("downsample.0.", "downsample.conv.").replace("downsample.1.", "downsample.bn."))
+}

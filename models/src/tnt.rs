@@ -1,0 +1,314 @@
+//! Transformer in Transformer (Han et al., "Transformer in Transformer", NeurIPS 2021) in the
+//! layout of timm's `TNT` (the official one), so that timm checkpoints load by name.
+//!
+//! Each 16x16 patch is itself a sequence of 4x4 "pixel" tokens (inner dim 24 for TNT-S) made by a
+//! 7x7 stride-4 convolution applied to the patch alone. Every block runs an inner transformer
+//! on the pixel tokens, adds their projection to the patch tokens, then an outer transformer.
+
+use burn::module::{Initializer, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::import::{Checkpoint, Tensors, resample_pos_embed};
+use crate::layers::{Mlp, multi_head_attention};
+use crate::vit::GlobalPool;
+
+/// TNT-S is `embed_dim 384, inner_dim 24, depth 12, num_heads_outer 6, num_heads_inner 4`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TntConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    pub num_classes: usize,
+    /// Patch (outer) token width.
+    pub embed_dim: usize,
+    /// Pixel (inner) token width.
+    pub inner_dim: usize,
+    pub depth: usize,
+    pub num_heads_inner: usize,
+    pub num_heads_outer: usize,
+    #[serde(default = "four")]
+    pub mlp_ratio: f64,
+    #[serde(default)]
+    pub qkv_bias: bool,
+    /// Stride of the pixel embedding convolution inside each patch.
+    #[serde(default = "four_usize")]
+    pub first_stride: usize,
+    #[serde(default = "tnt_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "token_pool")]
+    pub global_pool: GlobalPool,
+}
+
+fn three() -> usize {
+    3
+}
+fn four() -> f64 {
+    4.0
+}
+fn four_usize() -> usize {
+    4
+}
+fn tnt_eps() -> f64 {
+    1e-5
+}
+fn token_pool() -> GlobalPool {
+    GlobalPool::Token
+}
+
+impl TntConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+            return Err(format!(
+                "model.image_size = {} must be a positive multiple of model.patch_size = {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        for (name, dim, heads) in [
+            ("embed_dim", self.embed_dim, self.num_heads_outer),
+            ("inner_dim", self.inner_dim, self.num_heads_inner),
+        ] {
+            if heads == 0 || dim % heads != 0 {
+                return Err(format!("model.{name} = {dim} must be divisible by its number of heads {heads}"));
+            }
+        }
+        if self.depth == 0 || self.num_classes == 0 || self.first_stride == 0 {
+            return Err("model.depth, model.num_classes and model.first_stride must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Pixel tokens per patch side: ceil(patch / stride).
+    fn pixel_grid(&self) -> usize {
+        self.patch_size.div_ceil(self.first_stride)
+    }
+
+    pub fn init(&self, device: &Device) -> Tnt {
+        let (d, di) = (self.embed_dim, self.inner_dim);
+        let norm = |dim: usize| LayerNormConfig::new(dim).with_epsilon(self.layer_norm_eps).init(device);
+        let attention = |dim: usize, heads: usize| TntAttention {
+            qk: LinearConfig::new(dim, 2 * dim).with_bias(self.qkv_bias).init(device),
+            v: LinearConfig::new(dim, dim).with_bias(self.qkv_bias).init(device),
+            proj: LinearConfig::new(dim, dim).init(device),
+            num_heads: heads,
+        };
+        let num_pixel = self.pixel_grid() * self.pixel_grid();
+        let grid = self.image_size / self.patch_size;
+        let trunc = Initializer::Normal { mean: 0.0, std: 0.02 };
+        Tnt {
+            pixel_embed: PixelEmbed {
+                proj: Conv2dConfig::new([self.in_channels, di], [7, 7])
+                    .with_stride([self.first_stride; 2])
+                    .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
+                    .init(device),
+                patch_size: self.patch_size,
+            },
+            norm1_proj: norm(num_pixel * di),
+            proj: LinearConfig::new(num_pixel * di, d).init(device),
+            norm2_proj: norm(d),
+            cls_token: trunc.init([1, 1, d], device),
+            patch_pos: trunc.init([1, 1 + grid * grid, d], device),
+            pixel_pos: trunc.init([1, di, self.pixel_grid(), self.pixel_grid()], device),
+            blocks: (0..self.depth)
+                .map(|_| TntBlock {
+                    norm_in: norm(di),
+                    attn_in: attention(di, self.num_heads_inner),
+                    norm_mlp_in: norm(di),
+                    mlp_in: Mlp::new(di, 4 * di, device),
+                    norm1_proj: norm(num_pixel * di),
+                    proj: LinearConfig::new(num_pixel * di, d).with_bias(false).init(device),
+                    norm2_proj: norm(d),
+                    norm_out: norm(d),
+                    attn_out: attention(d, self.num_heads_outer),
+                    norm_mlp: norm(d),
+                    mlp: Mlp::new(d, (d as f64 * self.mlp_ratio) as usize, device),
+                })
+                .collect(),
+            norm: norm(d),
+            head: LinearConfig::new(d, self.num_classes).init(device),
+            global_pool: self.global_pool,
+        }
+    }
+}
+
+/// TNT's attention: queries and keys from one `qk` projection, values from their own `v`.
+#[derive(Module, Debug)]
+pub struct TntAttention {
+    pub qk: Linear,
+    pub v: Linear,
+    pub proj: Linear,
+    pub num_heads: usize,
+}
+
+impl TntAttention {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [_, _, d] = x.dims();
+        let qk = self.qk.forward(x.clone());
+        let q = qk.clone().slice(s![.., .., 0..d]);
+        let k = qk.slice(s![.., .., d..2 * d]);
+        self.proj.forward(multi_head_attention(q, k, self.v.forward(x), self.num_heads, None))
+    }
+}
+
+/// Cuts the image into patches and embeds each patch's pixels on their own.
+#[derive(Module, Debug)]
+pub struct PixelEmbed {
+    pub proj: Conv2d,
+    pub patch_size: usize,
+}
+
+impl PixelEmbed {
+    /// `[B, C, H, W]` -> pixel tokens `[B * patches, pixels per patch, inner_dim]`, patches in
+    /// row-major order and pixels row-major inside each patch (as `nn.Unfold` orders them).
+    pub fn forward(&self, images: Tensor<4>, pixel_pos: Tensor<4>) -> Tensor<3> {
+        let [b, c, h, w] = images.dims();
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        let patches = images
+            .reshape([b, c, gh, p, gw, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b * gh * gw, c, p, p]);
+        let x = self.proj.forward(patches) + pixel_pos;
+        let [n, di, ph, pw] = x.dims();
+        x.reshape([n, di, ph * pw]).swap_dims(1, 2)
+    }
+}
+
+/// Inner transformer on pixel tokens, their projection added to the patch tokens, outer
+/// transformer on the patch tokens. Pre-norm throughout.
+#[derive(Module, Debug)]
+pub struct TntBlock {
+    pub norm_in: LayerNorm,
+    pub attn_in: TntAttention,
+    pub norm_mlp_in: LayerNorm,
+    pub mlp_in: Mlp,
+    pub norm1_proj: LayerNorm,
+    pub proj: Linear,
+    pub norm2_proj: LayerNorm,
+    pub norm_out: LayerNorm,
+    pub attn_out: TntAttention,
+    pub norm_mlp: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl TntBlock {
+    pub fn forward(&self, pixels: Tensor<3>, patches: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        let pixels = pixels.clone() + self.attn_in.forward(self.norm_in.forward(pixels));
+        let pixels = pixels.clone() + self.mlp_in.forward(self.norm_mlp_in.forward(pixels));
+        let [b, n, d] = patches.dims();
+        let flat = pixels.clone().reshape([b, n - 1, pixels.dims()[1] * pixels.dims()[2]]);
+        let link = self.norm2_proj.forward(self.proj.forward(self.norm1_proj.forward(flat)));
+        // The class token (index 0) receives nothing from the pixels.
+        let link = Tensor::cat(vec![Tensor::zeros([b, 1, d], &link.device()), link], 1);
+        let patches = patches + link;
+        let patches = patches.clone() + self.attn_out.forward(self.norm_out.forward(patches));
+        let patches = patches.clone() + self.mlp.forward(self.norm_mlp.forward(patches));
+        (pixels, patches)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Tnt {
+    pub pixel_embed: PixelEmbed,
+    pub norm1_proj: LayerNorm,
+    pub proj: Linear,
+    pub norm2_proj: LayerNorm,
+    pub cls_token: Param<Tensor<3>>,
+    pub patch_pos: Param<Tensor<3>>,
+    pub pixel_pos: Param<Tensor<4>>,
+    pub blocks: Vec<TntBlock>,
+    pub norm: LayerNorm,
+    pub head: Linear,
+    #[module(skip)]
+    pub global_pool: GlobalPool,
+}
+
+impl Tnt {
+    /// Patch tokens after the last block and the final norm: `[B, 1 + N, D]`.
+    pub fn forward_tokens(&self, images: Tensor<4>) -> Tensor<3> {
+        let b = images.dims()[0];
+        let mut pixels = self.pixel_embed.forward(images, self.pixel_pos.val());
+        let [bn, np, di] = pixels.dims();
+        let n = bn / b;
+        let patches = pixels.clone().reshape([b, n, np * di]);
+        let patches = self.norm2_proj.forward(self.proj.forward(self.norm1_proj.forward(patches)));
+        let d = patches.dims()[2];
+        let cls = self.cls_token.val().expand([b, 1, d]);
+        let mut patches = Tensor::cat(vec![cls, patches], 1) + self.patch_pos.val();
+        for block in &self.blocks {
+            (pixels, patches) = block.forward(pixels, patches);
+        }
+        self.norm.forward(patches)
+    }
+
+    /// Class logits `[B, num_classes]` for normalised images `[B, C, H, W]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = self.forward_tokens(images);
+        let [b, n, d] = x.dims();
+        let pooled = match self.global_pool {
+            GlobalPool::Token => x.slice(s![.., 0..1]).reshape([b, d]),
+            GlobalPool::Avg => x.slice(s![.., 1..n]).mean_dim(1).reshape([b, d]),
+        };
+        self.head.forward(pooled)
+    }
+}
+
+/// Names of the original Huawei release, as timm's `checkpoint_filter_fn` translates them.
+const HUAWEI_NAMES: [(&str, &str); 13] = [
+    ("outer_pos", "patch_pos"),
+    ("inner_pos", "pixel_pos"),
+    ("patch_embed", "pixel_embed"),
+    ("proj_norm1", "norm1_proj"),
+    ("proj_norm2", "norm2_proj"),
+    ("inner_norm1", "norm_in"),
+    ("inner_attn", "attn_in"),
+    ("inner_norm2", "norm_mlp_in"),
+    ("inner_mlp", "mlp_in"),
+    ("outer_norm1", "norm_out"),
+    ("outer_attn", "attn_out"),
+    ("outer_norm2", "norm_mlp"),
+    ("outer_mlp", "mlp"),
+];
+
+impl Checkpoint for Tnt {
+    fn adapt_checkpoint(&self, tensors: Tensors) -> Result<Tensors, String> {
+        let mut tensors = if tensors.contains_key("patch_pos") {
+            tensors
+        } else {
+            huawei_to_timm(tensors)?
+        };
+        let target = self.patch_pos.dims();
+        if let Some(pos) = tensors.get("patch_pos") {
+            if pos.shape().as_slice() != target.as_slice() {
+                let resampled = resample_pos_embed(pos, 1, target[1] - 1)?;
+                tensors.insert("patch_pos".into(), resampled);
+            }
+        }
+        Ok(tensors)
+    }
+}
+
+/// The original release's names, and its `pixel_pos` stored as `[1, pixels, dim]`.
+fn huawei_to_timm(tensors: Tensors) -> Result<Tensors, String> {
+    tensors
+        .into_iter()
+        .filter(|(k, _)| k != "outer_tokens")
+        .map(|(k, v)| {
+            let k = HUAWEI_NAMES.iter().fold(k, |k, (from, to)| k.replace(from, to));
+            if k != "pixel_pos" {
+                return Ok((k, v));
+            }
+            let [1, n, c] = *v.shape().as_slice() else {
+                return Err(format!("inner_pos has shape {:?}, expected [1, pixels, dim]", v.shape()));
+            };
+            let g = (n as f64).sqrt() as usize;
+            let values: Vec<f32> = v.try_to_vec().map_err(|e| format!("inner_pos: {e:?}"))?;
+            let permuted = (0..c).flat_map(|ch| (0..n).map(move |p| (ch, p))).map(|(ch, p)| values[p * c + ch]);
+            Ok((k, TensorData::new(permuted.collect::<Vec<f32>>(), [1, c, g, g])))
+        })
+        .collect()
+}

@@ -1,0 +1,227 @@
+//! Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words", 2021) in the layout of
+//! timm's `VisionTransformer`, so that timm checkpoints load by name.
+
+use burn::module::{Initializer, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::import::{Checkpoint, Tensors, resample_pos_embed};
+use crate::layers::{Mlp, multi_head_attention};
+
+/// How the token sequence becomes one feature vector before the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GlobalPool {
+    /// The class token after the final norm.
+    Token,
+    /// The mean of the patch tokens, then `fc_norm` (timm: no final `norm` in this mode).
+    Avg,
+}
+
+/// A ViT family member: Ti/16 is `embed_dim 192, num_heads 3`, S/16 `384, 6`, B/16 `768, 12`,
+/// L/16 `1024, 16, depth 24`; `/32` variants set `patch_size = 32`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VitConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    pub num_classes: usize,
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    #[serde(default = "four")]
+    pub mlp_ratio: f64,
+    #[serde(default = "yes")]
+    pub qkv_bias: bool,
+    #[serde(default = "vit_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "token_pool")]
+    pub global_pool: GlobalPool,
+}
+
+fn three() -> usize {
+    3
+}
+fn four() -> f64 {
+    4.0
+}
+fn yes() -> bool {
+    true
+}
+fn vit_eps() -> f64 {
+    1e-6
+}
+fn token_pool() -> GlobalPool {
+    GlobalPool::Token
+}
+
+impl VitConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+            return Err(format!(
+                "model.image_size = {} must be a positive multiple of model.patch_size = {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+            return Err(format!(
+                "model.embed_dim = {} must be divisible by model.num_heads = {}",
+                self.embed_dim, self.num_heads
+            ));
+        }
+        if self.depth == 0 || self.num_classes == 0 || self.mlp_ratio <= 0.0 {
+            return Err("model.depth, model.num_classes and model.mlp_ratio must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Patches per side.
+    pub fn grid_size(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub fn init(&self, device: &Device) -> Vit {
+        let d = self.embed_dim;
+        let norm = || LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device);
+        let num_tokens = 1 + self.grid_size() * self.grid_size();
+        let trunc = Initializer::Normal { mean: 0.0, std: 0.02 };
+        let (final_norm, fc_norm) = match self.global_pool {
+            GlobalPool::Token => (Some(norm()), None),
+            GlobalPool::Avg => (None, Some(norm())),
+        };
+        Vit {
+            patch_embed: PatchEmbed {
+                proj: Conv2dConfig::new([self.in_channels, d], [self.patch_size; 2])
+                    .with_stride([self.patch_size; 2])
+                    .init(device),
+            },
+            cls_token: trunc.init([1, 1, d], device),
+            pos_embed: trunc.init([1, num_tokens, d], device),
+            blocks: (0..self.depth)
+                .map(|_| Block {
+                    norm1: norm(),
+                    attn: Attention {
+                        qkv: LinearConfig::new(d, 3 * d).with_bias(self.qkv_bias).init(device),
+                        proj: LinearConfig::new(d, d).init(device),
+                        num_heads: self.num_heads,
+                    },
+                    norm2: norm(),
+                    mlp: Mlp::new(d, (d as f64 * self.mlp_ratio) as usize, device),
+                })
+                .collect(),
+            norm: final_norm,
+            fc_norm,
+            head: LinearConfig::new(d, self.num_classes).init(device),
+        }
+    }
+}
+
+/// Non-overlapping patches projected by a strided convolution.
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    pub proj: Conv2d,
+}
+
+impl PatchEmbed {
+    /// `[B, C, H, W]` -> `[B, (H/p)*(W/p), D]`, patches in row-major order.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<3> {
+        self.proj.forward(images).flatten::<3>(2, 3).swap_dims(1, 2)
+    }
+}
+
+/// Self-attention with one fused `qkv` projection (rows: all of q, then k, then v).
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub num_heads: usize,
+}
+
+impl Attention {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [_, _, d] = x.dims();
+        let qkv = self.qkv.forward(x);
+        let q = qkv.clone().slice(s![.., .., 0..d]);
+        let k = qkv.clone().slice(s![.., .., d..2 * d]);
+        let v = qkv.slice(s![.., .., 2 * d..3 * d]);
+        self.proj.forward(multi_head_attention(q, k, v, self.num_heads, None))
+    }
+}
+
+/// Pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
+        x.clone() + self.mlp.forward(self.norm2.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Vit {
+    pub patch_embed: PatchEmbed,
+    pub cls_token: Param<Tensor<3>>,
+    pub pos_embed: Param<Tensor<3>>,
+    pub blocks: Vec<Block>,
+    pub norm: Option<LayerNorm>,
+    pub fc_norm: Option<LayerNorm>,
+    pub head: Linear,
+}
+
+impl Vit {
+    /// Token sequence after the last block and final norm: `[B, 1 + N, D]`.
+    pub fn forward_tokens(&self, images: Tensor<4>) -> Tensor<3> {
+        let patches = self.patch_embed.forward(images);
+        let [b, _, d] = patches.dims();
+        let cls = self.cls_token.val().expand([b, 1, d]);
+        let mut x = Tensor::cat(vec![cls, patches], 1) + self.pos_embed.val();
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        match &self.norm {
+            Some(norm) => norm.forward(x),
+            None => x,
+        }
+    }
+
+    /// Pooled features before the head: `[B, D]`.
+    pub fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = self.forward_tokens(images);
+        let [b, n, d] = x.dims();
+        match &self.fc_norm {
+            // Average pooling over the patch tokens (the class token is left out), as timm does.
+            Some(fc_norm) => fc_norm.forward(x.slice(s![.., 1..n]).mean_dim(1).reshape([b, d])),
+            None => x.slice(s![.., 0..1]).reshape([b, d]),
+        }
+    }
+
+    /// Class logits `[B, num_classes]` for normalised images `[B, C, H, W]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.head.forward(self.forward_features(images))
+    }
+}
+
+impl Checkpoint for Vit {
+    /// timm names match the module's; only a `pos_embed` of another grid size needs resampling.
+    fn adapt_checkpoint(&self, mut tensors: Tensors) -> Result<Tensors, String> {
+        let target = self.pos_embed.dims();
+        if let Some(pos) = tensors.get("pos_embed") {
+            if pos.shape().as_slice() != target.as_slice() {
+                let resampled = resample_pos_embed(pos, 1, target[1] - 1)?;
+                tensors.insert("pos_embed".into(), resampled);
+            }
+        }
+        Ok(tensors)
+    }
+}
