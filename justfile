@@ -14,6 +14,18 @@ default:
 build:
     cargo build --release -p zoo-infer --no-default-features --features {{features}}
 
+# The main job on a fresh machine: generate a dataset, train a small ViT, evaluate, classify.
+demo: build
+    {{zoo}} demo
+
+# Train a model: just train vit configs/vit_b16.toml [--resume]
+train model config *args: build (_check-arch model config)
+    {{zoo}} train --config {{config}} {{args}}
+
+# Evaluate: just eval detr CONFIG W --annotations A.json --images DIR | just eval vit CONFIG W --data DIR
+eval model config weights *args: build (_check-arch model config)
+    {{zoo}} eval --config {{config}} --weights {{weights}} {{args}}
+
 # Run every test on the default (flex) build.
 test:
     cargo test --workspace
@@ -35,3 +47,10 @@ classify config weights +images: build
 # Convert a checkpoint to burnpack: just convert configs/vit_b16.toml in.safetensors out.bpk
 convert config weights out: build
     {{zoo}} convert --config {{config}} --weights {{weights}} --out {{out}}
+
+# The config's model.arch must be the model named on the command line.
+_check-arch model config:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    arch=$(sed -n 's/^arch *= *"\(.*\)".*/\1/p' {{config}} | head -1)
+    if [ "$arch" != "{{model}}" ]; then echo "{{config}} is a $arch config, not {{model}}" >&2; exit 1; fi

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import timm
+import transformers
 import torch
 from safetensors.torch import save_file
 
@@ -104,8 +105,115 @@ def tnt_cases(out):
     save_case(out, "tnt_tiny", m, x, tnt_config(32, 16, 48, 24, 2, 4, 4, 10))
 
 
+def hf_to_facebook(sd):
+    """The same weights under facebookresearch/detr's names: `backbone.0.body.*` for the
+    ResNet, `nn.MultiheadAttention`'s fused `in_proj_weight` (rows q, k, v), linear1/linear2,
+    norm1..3 (the inverse of transformers' conversion script)."""
+    out = {}
+    for k, v in sd.items():
+        k = k.replace("model.backbone.conv_encoder.model.", "backbone.0.body.")
+        k = k.replace("model.input_projection.", "input_proj.")
+        k = k.replace("model.query_position_embeddings.", "query_embed.")
+        k = k.replace("model.decoder.layernorm.", "transformer.decoder.norm.")
+        k = k.replace("model.encoder.", "transformer.encoder.").replace("model.decoder.", "transformer.decoder.")
+        k = k.replace("class_labels_classifier.", "class_embed.").replace("bbox_predictor.", "bbox_embed.")
+        k = k.replace(".encoder_attn.", ".multihead_attn.").replace(".out_proj.", ".out_proj.")
+        k = k.replace(".fc1.", ".linear1.").replace(".fc2.", ".linear2.")
+        k = k.replace(".self_attn_layer_norm.", ".norm1.").replace(".encoder_attn_layer_norm.", ".norm2.")
+        k = k.replace(".final_layer_norm.", ".norm2." if "encoder." in k else ".norm3.")
+        out[k] = v
+    fused = {}
+    for k in list(out):
+        for i, p in enumerate(("q_proj", "k_proj", "v_proj")):
+            if f".{p}." in k:
+                base, param = k.split(f".{p}.")
+                fused.setdefault(f"{base}.in_proj_{param}", [None] * 3)[i] = out.pop(k)
+    for k, parts in fused.items():
+        out[k] = torch.cat(parts, 0)
+    return out
+
+
+def detr_config(num_classes, d, heads, ffn, enc, dec, queries, layers, channels, stem):
+    return f"""# Made by scripts/make_model_fixtures.py with transformers {transformers.__version__}
+[model]
+arch = "detr"
+num_classes = {num_classes}
+hidden_dim = {d}
+num_heads = {heads}
+dim_feedforward = {ffn}
+encoder_layers = {enc}
+decoder_layers = {dec}
+num_queries = {queries}
+backbone_layers = {list(layers)}
+backbone_channels = {list(channels)}
+backbone_stem_width = {stem}
+"""
+
+
+def detr_cases(out):
+    from transformers import DetrConfig, DetrForObjectDetection
+    from transformers.models.detr.modeling_detr import replace_batch_norm
+
+    torch.manual_seed(0)
+    d, heads, ffn, enc, dec, queries, labels = 32, 4, 64, 2, 2, 10, 5
+    cfg = DetrConfig(d_model=d, encoder_layers=enc, decoder_layers=dec, encoder_attention_heads=heads,
+                     decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
+                     num_queries=queries, num_labels=labels, dropout=0.0, attention_dropout=0.0,
+                     activation_dropout=0.0)
+    m = DetrForObjectDetection(cfg)
+    # A ResNet-50-shaped backbone (bottlenecks, v1.5 strides) with one block per stage and 1/8
+    # of the width, so the fixture stays small; the full-size one is checked by scripts/parity.py.
+    # (timm's stem stays 64 wide unless the stem is "deep".)
+    layers, channels, stem = (1, 1, 1, 1), (8, 16, 32, 64), 64
+    tiny = timm.create_model("resnet50", features_only=True, out_indices=[1, 2, 3, 4], layers=layers,
+                             channels=channels)
+    replace_batch_norm(tiny)
+    m.model.backbone.model = tiny
+    m.model.input_projection = torch.nn.Conv2d(4 * channels[-1], d, 1)
+    perturb(m, 7)
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():  # frozen batch norm keeps all four as buffers; running_var stays positive
+        for name, buf in m.named_buffers():
+            if name.endswith("running_var"):
+                buf.copy_(0.5 + torch.rand(buf.shape, generator=g))
+            elif name.endswith(("running_mean", ".bias")):
+                buf.copy_(0.1 * torch.randn(buf.shape, generator=g))
+            elif name.endswith(".weight"):
+                buf.copy_(1.0 + 0.1 * torch.randn(buf.shape, generator=g))
+    m.eval()
+
+    # Two images of different sizes in one batch: the second is zero-padded bottom/right.
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 3, 96, 128, generator=g)
+    mask = torch.ones(2, 96, 128, dtype=torch.long)
+    x[1, :, 64:, :] = 0
+    x[1, :, :, 96:] = 0
+    mask[1, 64:, :] = 0
+    mask[1, :, 96:] = 0
+    with torch.no_grad():
+        o = m(pixel_values=x, pixel_mask=mask)
+
+    dd = os.path.join(out, "detr_tiny")
+    os.makedirs(dd, exist_ok=True)
+    # HF layout as save_pretrained writes it (legacy key names), then the original layout.
+    m.save_pretrained(dd, safe_serialization=True)
+    os.remove(os.path.join(dd, "config.json"))
+    from safetensors.torch import load_file
+    hf = load_file(os.path.join(dd, "model.safetensors"))
+    torch.save({"model": hf_to_facebook(hf)}, os.path.join(dd, "detr_original.pth"))
+    np.save(os.path.join(dd, "input.npy"), x.numpy())
+    np.save(os.path.join(dd, "valid_mask.npy"), mask.numpy().astype(np.uint8))
+    np.save(os.path.join(dd, "pred_logits.npy"), o.logits.numpy())
+    np.save(os.path.join(dd, "pred_boxes.npy"), o.pred_boxes.numpy())
+    with open(os.path.join(dd, "config.toml"), "w") as f:
+        f.write(detr_config(labels, d, heads, ffn, enc, dec, queries, layers, channels, stem))
+    print(f"detr_tiny: {sum(p.numel() for p in m.parameters())} params, {len(hf)} HF keys, "
+          f"logits {tuple(o.logits.shape)}")
+
+
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "models/tests/fixtures"
     torch.set_num_threads(2)
     vit_cases(out)
     tnt_cases(out)
+    detr_cases(out)

@@ -1,8 +1,11 @@
-//! The evaluation transform of timm's classifiers: resize the shorter side to
+//! The transforms of timm's classifiers. Evaluation: resize the shorter side to
 //! `floor(size / crop_pct)` (PIL resampling), center crop `size`, scale to [0, 1], normalise.
+//! Training: random resized crop, horizontal flip, normalise.
 
 use burn::prelude::*;
 use image::RgbImage;
+use rand::Rng;
+use rand::rngs::StdRng;
 use zoo_models::config::{DataConfig, Interpolation};
 use zoo_models::resample::{Filter, resize_rgb8};
 
@@ -46,16 +49,7 @@ impl EvalTransform {
         let top = ((rh as f64 - self.size as f64) / 2.0).round_ties_even().max(0.0) as usize;
         let left = ((rw as f64 - self.size as f64) / 2.0).round_ties_even().max(0.0) as usize;
         let s = self.size;
-        let mut out = vec![0f32; 3 * s * s];
-        for c in 0..3 {
-            for y in 0..s {
-                for x in 0..s {
-                    let v = resized[((top + y) * rw + left + x) * 3 + c] as f32 / 255.0;
-                    out[(c * s + y) * s + x] = (v - self.mean[c]) / self.std[c];
-                }
-            }
-        }
-        out
+        normalise_crop(&resized, rw, (top, left), (s, s), false, self.mean, self.std)
     }
 
     /// A batch `[B, 3, size, size]` from already transformed images.
@@ -63,5 +57,88 @@ impl EvalTransform {
         let b = images.len();
         let values: Vec<f32> = images.into_iter().flatten().collect();
         Tensor::from_data(TensorData::new(values, [b, 3, self.size, self.size]), device)
+    }
+}
+
+/// The `(h, w)` window at `(top, left)` of an interleaved RGB buffer `width` pixels wide, as
+/// normalised channel-major values (`(v / 255 - mean) / std`), optionally mirrored left-right.
+fn normalise_crop(
+    rgb: &[u8],
+    width: usize,
+    (top, left): (usize, usize),
+    (h, w): (usize, usize),
+    mirror: bool,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> Vec<f32> {
+    let mut out = vec![0f32; 3 * h * w];
+    for c in 0..3 {
+        for y in 0..h {
+            for x in 0..w {
+                let sx = if mirror { w - 1 - x } else { x };
+                let v = rgb[((top + y) * width + left + sx) * 3 + c] as f32 / 255.0;
+                out[(c * h + y) * w + x] = (v - mean[c]) / std[c];
+            }
+        }
+    }
+    out
+}
+
+/// timm's training transform for ViT and TNT: `RandomResizedCrop(size, scale, ratio=(3/4, 4/3))`
+/// with PIL resampling, `RandomHorizontalFlip(hflip)`, normalise.
+#[derive(Debug, Clone)]
+pub struct TrainTransform {
+    pub size: usize,
+    pub scale: (f64, f64),
+    pub hflip: f64,
+    pub filter: Filter,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl TrainTransform {
+    pub fn new(size: usize, scale_min: f64, hflip: f64, data: &DataConfig) -> Self {
+        let eval = EvalTransform::new(size, data);
+        Self { size, scale: (scale_min, 1.0), hflip, filter: eval.filter, mean: data.mean, std: data.std }
+    }
+
+    /// torchvision's `RandomResizedCrop.get_params`: `(top, left, height, width)` of the crop.
+    pub fn crop_window(&self, (h, w): (usize, usize), rng: &mut StdRng) -> (usize, usize, usize, usize) {
+        let area = (h * w) as f64;
+        let (lo, hi) = ((3.0f64 / 4.0).ln(), (4.0f64 / 3.0).ln());
+        for _ in 0..10 {
+            let target = area * rng.random_range(self.scale.0..=self.scale.1);
+            let ratio = rng.random_range(lo..=hi).exp();
+            let cw = (target * ratio).sqrt().round() as usize;
+            let ch = (target / ratio).sqrt().round() as usize;
+            if cw > 0 && cw <= w && ch > 0 && ch <= h {
+                return (rng.random_range(0..=h - ch), rng.random_range(0..=w - cw), ch, cw);
+            }
+        }
+        // Fall back to the largest central crop within the ratio range.
+        let in_ratio = w as f64 / h as f64;
+        let (ch, cw) = if in_ratio < 3.0 / 4.0 {
+            (((w as f64) / (3.0 / 4.0)).round() as usize, w)
+        } else if in_ratio > 4.0 / 3.0 {
+            (h, ((h as f64) * (4.0 / 3.0)).round() as usize)
+        } else {
+            (h, w)
+        };
+        ((h - ch) / 2, (w - cw) / 2, ch, cw)
+    }
+
+    /// The augmented image as normalised `[3, size, size]` values.
+    pub fn apply(&self, img: &RgbImage, rng: &mut StdRng) -> Vec<f32> {
+        let (h, w) = (img.height() as usize, img.width() as usize);
+        let (top, left, ch, cw) = self.crop_window((h, w), rng);
+        let raw = img.as_raw();
+        let mut crop = Vec::with_capacity(ch * cw * 3);
+        for y in top..top + ch {
+            crop.extend_from_slice(&raw[(y * w + left) * 3..(y * w + left + cw) * 3]);
+        }
+        let s = self.size;
+        let resized = resize_rgb8(&crop, (ch, cw), (s, s), self.filter);
+        let mirror = rng.random_bool(self.hflip);
+        normalise_crop(&resized, s, (0, 0), (s, s), mirror, self.mean, self.std)
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use zoo_datasets::{EvalTransform, load_rgb};
 use zoo_models::{Classifier, ZooConfig};
 
-use crate::npy;
+use crate::{Inputs, npy};
 
 /// Builds the classifier of a config and loads its weights.
 pub fn load_classifier(config: &ZooConfig, config_path: &Path, weights: &Path, device: &Device) -> Result<Classifier> {
@@ -33,12 +33,6 @@ pub struct Classification {
     pub inputs: Vec<String>,
     pub logits: Vec<Vec<f32>>,
     pub top_k: Vec<Vec<TopK>>,
-}
-
-/// Where the inputs come from.
-pub enum Inputs {
-    Images(Vec<PathBuf>),
-    Npy(PathBuf),
 }
 
 /// Decodes and transforms images on all cores, in the given order.

@@ -120,6 +120,8 @@ pub struct CocoGroundTruth {
     image_ids: Vec<u64>,
     /// Sorted, distinct category ids with their names (`Params.catIds`).
     categories: Vec<(u64, String)>,
+    /// Each image's `file_name`, by id (empty where the file does not give one).
+    file_names: HashMap<u64, String>,
     /// The annotations `_prepare` loads, in its order: images by id, each image's annotations in
     /// file order, only those of known images and categories.
     annotations: Vec<GtAnnotation>,
@@ -139,6 +141,8 @@ struct RawDataset {
 #[derive(Deserialize)]
 struct RawImage {
     id: u64,
+    #[serde(default)]
+    file_name: String,
 }
 
 #[derive(Deserialize)]
@@ -259,7 +263,8 @@ impl CocoGroundTruth {
         listed.sort_by_key(|&(rank, _)| rank); // stable: file order within an image
         let annotations = listed.iter().map(|&(_, i)| annotations[last_with_id[&annotations[i].id]].clone()).collect();
 
-        Ok(CocoGroundTruth { image_ids, categories, annotations })
+        let file_names = raw.images.into_iter().map(|image| (image.id, image.file_name)).collect();
+        Ok(CocoGroundTruth { image_ids, categories, file_names, annotations })
     }
 
     /// The name of a category, if the ground truth has it.
@@ -271,6 +276,11 @@ impl CocoGroundTruth {
     /// Sorted, distinct image ids.
     pub fn image_ids(&self) -> Vec<u64> {
         self.image_ids.clone()
+    }
+
+    /// The `file_name` of an image, if the ground truth gives one.
+    pub fn file_name(&self, image_id: u64) -> Option<&str> {
+        self.file_names.get(&image_id).map(String::as_str).filter(|n| !n.is_empty())
     }
 
     /// Sorted, distinct category ids.
@@ -355,6 +365,16 @@ const STATS: [StatSpec; 12] = [
 ];
 
 impl CocoEvalResult {
+    /// `{"stats": [12 numbers], "per_category_ap": [{"id", "name", "ap"}, ...]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let per_category: Vec<serde_json::Value> = self
+            .per_category_ap
+            .iter()
+            .map(|(id, name, ap)| serde_json::json!({ "id": id, "name": name, "ap": ap }))
+            .collect();
+        serde_json::json!({ "stats": self.stats, "per_category_ap": per_category })
+    }
+
     /// The twelve lines `COCOeval.summarize()` prints, joined by newlines (no trailing newline).
     pub fn summary(&self) -> String {
         let thrs = iou_thresholds();

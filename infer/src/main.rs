@@ -4,9 +4,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use zoo_infer::classify::{Inputs, classify, load_classifier};
+use zoo_infer::Inputs;
+use zoo_infer::bench::{BenchOptions, bench};
+use zoo_infer::demo::{DemoOptions, run_demo};
+use zoo_infer::eval::{eval_classifier, eval_detr};
+use zoo_train::{TrainOptions, train_classifier};
+use zoo_infer::classify::{classify, load_classifier};
+use zoo_infer::detect::{detect, draw_detections, load_detr};
+use zoo_infer::coco_eval::{CocoGroundTruth, evaluate, load_detections};
 use zoo_infer::device::{compiled_backends, select_device};
-use zoo_models::ZooConfig;
+use zoo_models::{ModelConfig, ZooConfig, save_burnpack};
 
 #[derive(Parser)]
 #[command(name = "zoo", version, about = "ViT, TNT and DETR in Rust on Burn, with PyTorch's numbers")]
@@ -46,7 +53,56 @@ enum Command {
         #[command(flatten)]
         device: DeviceArg,
     },
-    /// Convert a checkpoint (.safetensors, .pth) to burnpack (.bpk), which loads faster.
+    /// Train a classifier (ViT, TNT) as its config's [train] section says, with checkpoints.
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        /// Continue from the last checkpoint in train.output_dir.
+        #[arg(long)]
+        resume: bool,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
+    /// Generate a small dataset, train a small ViT on it, evaluate it, classify held-out images.
+    Demo {
+        /// Where the dataset, the run and the held-out images go.
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+        /// Epochs (default: the embedded config's).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Generated training images per class (a quarter as many for validation).
+        #[arg(long, default_value_t = 160)]
+        train_per_class: usize,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
+    /// Detect objects with DETR in images (or a preprocessed .npy batch).
+    Detect {
+        #[arg(long)]
+        config: PathBuf,
+        /// Weights: facebookresearch/detr .pth, Hugging Face .safetensors, or .bpk (zoo).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Image files (PNG, JPEG), batched by eval.batch_size and padded as DETR does.
+        #[arg(long, num_args = 1.., required_unless_present = "input_npy", conflicts_with = "input_npy")]
+        image: Vec<PathBuf>,
+        /// A preprocessed float32 [B, 3, H, W] batch without padding.
+        #[arg(long)]
+        input_npy: Option<PathBuf>,
+        /// Detections scoring below this are left out of `detections` and the pictures.
+        #[arg(long, default_value_t = 0.7)]
+        threshold: f32,
+        /// Write each image with its detections drawn to this folder (PNG).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print one JSON object with `pred_logits`, `pred_boxes` and `detections`.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
+    /// Convert a checkpoint (.safetensors, .pth) of any zoo model to burnpack (.bpk), which loads faster.
     Convert {
         #[arg(long)]
         config: PathBuf,
@@ -54,6 +110,65 @@ enum Command {
         weights: PathBuf,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Evaluate on a dataset: DETR with --annotations/--images (COCO mAP), a classifier with
+    /// --data (top-1/top-5 over class folders).
+    Eval {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        weights: PathBuf,
+        /// COCO instances JSON (DETR).
+        #[arg(long, requires = "images")]
+        annotations: Option<PathBuf>,
+        /// Folder of the annotated images (DETR).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Write the detections as a COCO results JSON (DETR).
+        #[arg(long)]
+        results_out: Option<PathBuf>,
+        /// Validation folder `<class>/<image>` (classifiers).
+        #[arg(long, conflicts_with = "annotations")]
+        data: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
+    /// COCO bbox mAP of a results file, identical to pycocotools' COCOeval.
+    CocoEval {
+        /// Ground truth: a COCO instances JSON.
+        #[arg(long)]
+        annotations: PathBuf,
+        /// Detections: a COCO results JSON list.
+        #[arg(long)]
+        detections: PathBuf,
+        /// Print one JSON object with `stats` (pycocotools order) and `per_category_ap`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Images per second of inference (or of a training step with --train), and peak memory.
+    Bench {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Time a full training step (forward, backward, AdamW update).
+        #[arg(long)]
+        train: bool,
+        /// DETR input height and width.
+        #[arg(long, num_args = 2, default_values_t = [800, 1066])]
+        detr_size: Vec<usize>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// List the backends compiled into this binary.
     Devices,
@@ -83,15 +198,111 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", result.to_text());
             }
         }
+        Command::Train { config, resume, device } => {
+            let device = select_device(device.device.as_deref())?;
+            let cfg = ZooConfig::from_file(&config)?;
+            let options = TrainOptions { resume, ..Default::default() };
+            let report = train_classifier(&cfg, &device, &options).with_context(|| format!("training {}", config.display()))?;
+            println!(
+                "best validation top-1 {:.2}% at epoch {}; weights: {} (best), {} (last)",
+                100.0 * report.best_top1,
+                report.best_epoch,
+                report.best_model.display(),
+                report.last_model.display()
+            );
+        }
+        Command::Demo { out, epochs, train_per_class, device } => {
+            let device = select_device(device.device.as_deref())?;
+            let options = DemoOptions { out, epochs, train_per_class, quiet: false };
+            run_demo(&options, &device)?;
+        }
+        Command::Detect { config, weights, image, input_npy, threshold, out, json, device } => {
+            let device = select_device(device.device.as_deref())?;
+            let cfg = ZooConfig::from_file(&config)?;
+            let model = load_detr(&cfg, &config, &weights, &device)?;
+            let inputs = match input_npy {
+                Some(path) => Inputs::Npy(path),
+                None => Inputs::Images(image),
+            };
+            let (result, pictures) = detect(&model, &cfg, &config, &inputs, threshold, &device)?;
+            if let Some(dir) = out {
+                if pictures.is_empty() {
+                    bail!("--out draws on images: give --image, not --input-npy");
+                }
+                for path in draw_detections(&result, pictures, &dir)? {
+                    eprintln!("wrote {}", path.display());
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                print!("{}", result.to_text());
+            }
+        }
         Command::Convert { config, weights, out } => {
             if out.extension().and_then(|e| e.to_str()) != Some("bpk") {
                 bail!("--out {}: the burnpack file name must end in .bpk", out.display());
             }
             let device = select_device(None)?;
             let cfg = ZooConfig::from_file(&config)?;
-            let model = load_classifier(&cfg, &config, &weights, &device)?;
-            model.save(&out).with_context(|| format!("converting {}", weights.display()))?;
+            let saved = match cfg.model {
+                ModelConfig::Detr(_) => save_burnpack(&load_detr(&cfg, &config, &weights, &device)?, &out),
+                _ => load_classifier(&cfg, &config, &weights, &device)?.save(&out),
+            };
+            saved.with_context(|| format!("converting {}", weights.display()))?;
             println!("wrote {}", out.display());
+        }
+        Command::Eval { config, weights, annotations, images, results_out, data, json, device } => {
+            let device = select_device(device.device.as_deref())?;
+            let cfg = ZooConfig::from_file(&config)?;
+            match (&cfg.model, annotations, images, data) {
+                (ModelConfig::Detr(_), Some(annotations), Some(images), None) => {
+                    let model = load_detr(&cfg, &config, &weights, &device)?;
+                    let result = eval_detr(&model, &cfg, &config, &annotations, &images, results_out.as_deref(), &device)?;
+                    if json {
+                        println!("{}", serde_json::to_string(&result.to_json())?);
+                    } else {
+                        println!("{}", result.summary());
+                    }
+                }
+                (ModelConfig::Detr(_), ..) => bail!("evaluating DETR needs --annotations and --images"),
+                (_, None, None, Some(data)) => {
+                    let r = eval_classifier(&cfg, &config, &weights, &data, &device)?;
+                    if json {
+                        println!("{}", serde_json::to_string(&r)?);
+                    } else {
+                        println!(
+                            "{} images: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}, {:.1} images/s",
+                            r.images, 100.0 * r.top1, 100.0 * r.top5, r.loss, r.images_per_sec
+                        );
+                    }
+                }
+                _ => bail!("evaluating a classifier needs --data <folder of class folders>"),
+            }
+        }
+        Command::CocoEval { annotations, detections, json } => {
+            let gt = CocoGroundTruth::from_file(&annotations)?;
+            let dets = load_detections(&detections, &gt)?;
+            let result = evaluate(&gt, &dets);
+            if json {
+                println!("{}", serde_json::to_string(&result.to_json())?);
+            } else {
+                println!("{}", result.summary());
+            }
+        }
+        Command::Bench { config, batch, iters, warmup, train, detr_size, json, device } => {
+            let device = select_device(device.device.as_deref())?;
+            let cfg = ZooConfig::from_file(&config)?;
+            let options = BenchOptions { batch, iters, warmup, train, detr_size: (detr_size[0], detr_size[1]) };
+            let r = bench(&cfg, &device, &options)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} {} on {}: batch {} of {:?}: {:.2} images/s, {:.1} ms per batch, peak RSS {:.0} MiB",
+                    config.display(), r.mode, r.device, r.batch, r.input, r.images_per_sec, r.ms_per_batch, r.peak_rss_mb
+                );
+            }
         }
         Command::Devices => println!("{}", compiled_backends().join("\n")),
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 use burn::prelude::*;
 
 use crate::config::ModelConfig;
-use crate::import::{ImportError, load_weights, save_burnpack};
+use crate::import::{ImportError, load_weights, load_weights_for_finetuning, save_burnpack};
 use crate::tnt::Tnt;
 use crate::vit::Vit;
 
@@ -37,6 +37,15 @@ impl Classifier {
         Ok(match self {
             Classifier::Vit(m) => Classifier::Vit(load_weights(m, path)?),
             Classifier::Tnt(m) => Classifier::Tnt(load_weights(m, path)?),
+        })
+    }
+
+    /// Loads a checkpoint for fine-tuning to `num_classes` classes (a head of another size is
+    /// left at its initialisation).
+    pub fn load_for_finetuning(self, path: &Path, num_classes: usize) -> Result<Self, ImportError> {
+        Ok(match self {
+            Classifier::Vit(m) => Classifier::Vit(load_weights_for_finetuning(m, path, "head", num_classes)?),
+            Classifier::Tnt(m) => Classifier::Tnt(load_weights_for_finetuning(m, path, "head", num_classes)?),
         })
     }
 

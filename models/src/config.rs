@@ -18,6 +18,9 @@ pub struct ZooConfig {
     pub data: DataConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// Present in configs that can be trained.
+    #[serde(default)]
+    pub train: Option<TrainConfig>,
 }
 
 /// The architecture and its hyper-parameters; `arch = "vit"` selects [`VitConfig`], `"tnt"` [`TntConfig`], `"detr"` [`DetrConfig`].
@@ -120,6 +123,103 @@ fn default_eval_batch() -> usize {
     8
 }
 
+/// How a classifier is trained (timm/DeiT-style recipe).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Training images in the ImageNet layout (`<class>/<image>`), relative to the config file.
+    pub train_dir: PathBuf,
+    /// Validation images, same layout and the same class folders.
+    pub val_dir: PathBuf,
+    /// Where checkpoints, metrics and the exported models go, relative to the working directory.
+    pub output_dir: PathBuf,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate of AdamW, reached after the warmup.
+    pub lr: f64,
+    #[serde(default)]
+    pub min_lr: f64,
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    /// AdamW weight decay, applied to weight matrices and convolution kernels only (not to
+    /// biases, norms, class tokens or position embeddings), as timm does.
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Clip each parameter's gradient to this L2 norm; 0 turns clipping off.
+    #[serde(default)]
+    pub grad_clip: f64,
+    /// Optimizer steps every `grad_accum` batches.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Mixup's Beta(alpha, alpha); 0 turns it off.
+    #[serde(default)]
+    pub mixup_alpha: f64,
+    /// CutMix's Beta(alpha, alpha); 0 turns it off.
+    #[serde(default)]
+    pub cutmix_alpha: f64,
+    /// Probability that a batch is mixed at all.
+    #[serde(default = "one_f64")]
+    pub mix_prob: f64,
+    /// When both are on: probability of CutMix rather than mixup.
+    #[serde(default = "half")]
+    pub switch_prob: f64,
+    /// Random resized crop: smallest fraction of the image area kept.
+    #[serde(default = "default_scale_min")]
+    pub scale_min: f64,
+    #[serde(default = "half")]
+    pub hflip: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// Start from these weights (timm .safetensors/.pth or .bpk); a head of another size is
+    /// left at its initialisation (fine-tuning to a new number of classes).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+    /// Skip images that cannot be decoded (reported and counted) instead of stopping.
+    #[serde(default)]
+    pub skip_bad_images: bool,
+}
+
+fn default_weight_decay() -> f64 {
+    0.05
+}
+fn one() -> usize {
+    1
+}
+fn one_f64() -> f64 {
+    1.0
+}
+fn half() -> f64 {
+    0.5
+}
+fn default_scale_min() -> f64 {
+    0.08
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            return Err("train.epochs, train.batch_size and train.grad_accum must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr <= 1.0) || self.min_lr < 0.0 || self.min_lr > self.lr {
+            return Err(format!("train.lr = {} must be in (0, 1] and train.min_lr = {} in [0, lr]", self.lr, self.min_lr));
+        }
+        if self.warmup_epochs >= self.epochs {
+            return Err(format!("train.warmup_epochs = {} must be less than train.epochs = {}", self.warmup_epochs, self.epochs));
+        }
+        for (name, p) in [("mix_prob", self.mix_prob), ("switch_prob", self.switch_prob), ("hflip", self.hflip), ("label_smoothing", self.label_smoothing)] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("train.{name} = {p} must be in [0, 1]"));
+            }
+        }
+        if !(self.scale_min > 0.0 && self.scale_min <= 1.0) {
+            return Err(format!("train.scale_min = {} must be in (0, 1]", self.scale_min));
+        }
+        Ok(())
+    }
+}
+
 /// A config file that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -139,9 +239,21 @@ impl ZooConfig {
             path: path.to_path_buf(),
             message,
         })?;
-        if let (Some(labels), Some(dir)) = (&config.data.labels, path.parent()) {
-            if labels.is_relative() {
-                config.data.labels = Some(dir.join(labels));
+        if let Some(dir) = path.parent() {
+            let resolve = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            };
+            if let Some(labels) = &mut config.data.labels {
+                resolve(labels);
+            }
+            if let Some(train) = &mut config.train {
+                resolve(&mut train.train_dir);
+                resolve(&mut train.val_dir);
+                if let Some(init) = &mut train.init_from {
+                    resolve(init);
+                }
             }
         }
         Ok(config)
@@ -166,6 +278,9 @@ impl ZooConfig {
         }
         if d.std.iter().any(|s| *s <= 0.0) {
             return Err(format!("data.std = {:?} must be positive", d.std));
+        }
+        if let Some(train) = &self.train {
+            train.validate()?;
         }
         if self.eval.batch_size == 0 {
             return Err("eval.batch_size must be at least 1".into());

@@ -31,6 +31,15 @@ pub struct DetrConfig {
     pub decoder_layers: usize,
     #[serde(default = "queries")]
     pub num_queries: usize,
+    /// Bottleneck blocks per backbone stage; ResNet-50 is `[3, 4, 6, 3]`.
+    #[serde(default = "resnet50_layers")]
+    pub backbone_layers: [usize; 4],
+    /// Bottleneck width per stage (outputs are 4x wider); ResNet-50 is `[64, 128, 256, 512]`.
+    #[serde(default = "resnet50_channels")]
+    pub backbone_channels: [usize; 4],
+    #[serde(default = "resnet50_stem")]
+    pub backbone_stem_width: usize,
+    /// Eval resize: shorter side to this, unless the longer side would exceed `eval_max_side`.
     #[serde(default = "short_side")]
     pub eval_short_side: usize,
     #[serde(default = "max_side")]
@@ -51,6 +60,15 @@ fn six() -> usize {
 }
 fn queries() -> usize {
     100
+}
+fn resnet50_layers() -> [usize; 4] {
+    [3, 4, 6, 3]
+}
+fn resnet50_channels() -> [usize; 4] {
+    [64, 128, 256, 512]
+}
+fn resnet50_stem() -> usize {
+    64
 }
 fn short_side() -> usize {
     800
@@ -81,8 +99,8 @@ impl DetrConfig {
         let norm = || LayerNormConfig::new(d).init(device);
         let attention = || MultiheadAttention::new(d, self.num_heads, device);
         Detr {
-            backbone: ResNet::resnet50(None, device),
-            input_proj: Conv2dConfig::new([2048, d], [1, 1]).init(device),
+            backbone: ResNet::new(self.backbone_layers, self.backbone_channels, self.backbone_stem_width, None, device),
+            input_proj: Conv2dConfig::new([4 * self.backbone_channels[3], d], [1, 1]).init(device),
             query_embed: EmbeddingConfig::new(self.num_queries, d).init(device),
             transformer: Transformer {
                 encoder: Encoder {
@@ -443,4 +461,46 @@ impl Checkpoint for Detr {
             })
             .collect())
     }
+}
+
+/// One detection, in pixels of the original image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    /// Class index (a COCO category id for COCO checkpoints).
+    pub label: usize,
+    pub score: f32,
+    /// `[x_min, y_min, x_max, y_max]`.
+    pub bbox_xyxy: [f32; 4],
+}
+
+/// DETR's `PostProcess`: softmax over the classes, the "no object" column dropped, each query's
+/// best class and its probability; boxes from normalised (cx, cy, w, h) to absolute corners of
+/// each image's original `(height, width)`. Every query is kept (thresholds are for display).
+pub fn postprocess(output: &DetrOutput, sizes: &[(usize, usize)]) -> Vec<Vec<Detection>> {
+    let [b, q, c] = output.logits.dims();
+    assert_eq!(b, sizes.len(), "one original size per image");
+    let probs: Vec<f32> = burn::tensor::activation::softmax(output.logits.clone(), 2)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec()
+        .expect("probabilities are floats");
+    let boxes: Vec<f32> = output.boxes.clone().into_data().convert::<f32>().try_into_vec().expect("boxes are floats");
+    (0..b)
+        .map(|bi| {
+            let (h, w) = (sizes[bi].0 as f32, sizes[bi].1 as f32);
+            (0..q)
+                .map(|qi| {
+                    let p = &probs[(bi * q + qi) * c..][..c - 1];
+                    // The first maximum, as torch.max returns it.
+                    let (label, score) = p
+                        .iter()
+                        .enumerate()
+                        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
+                    let [cx, cy, bw, bh] = boxes[(bi * q + qi) * 4..][..4] else { unreachable!() };
+                    let bbox_xyxy = [(cx - 0.5 * bw) * w, (cy - 0.5 * bh) * h, (cx + 0.5 * bw) * w, (cy + 0.5 * bh) * h];
+                    Detection { label, score, bbox_xyxy }
+                })
+                .collect()
+        })
+        .collect()
 }

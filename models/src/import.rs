@@ -59,12 +59,24 @@ fn format_of(path: &Path) -> Result<Format, ImportError> {
 }
 
 /// Loads weights from any supported file into `model`, strictly.
-pub fn load_weights<M: Checkpoint>(mut model: M, path: &Path) -> Result<M, ImportError> {
+pub fn load_weights<M: Checkpoint>(model: M, path: &Path) -> Result<M, ImportError> {
+    load_weights_with_head(model, path, None)
+}
+
+/// Loads a checkpoint for fine-tuning: when the checkpoint's classifier (`<head>.weight`, PyTorch
+/// layout `[classes, dim]`) has another number of classes than `num_classes`, its head tensors are
+/// left out and the model keeps its freshly initialised head; everything else loads strictly.
+pub fn load_weights_for_finetuning<M: Checkpoint>(model: M, path: &Path, head: &str, num_classes: usize) -> Result<M, ImportError> {
+    load_weights_with_head(model, path, Some((head, num_classes)))
+}
+
+fn load_weights_with_head<M: Checkpoint>(mut model: M, path: &Path, new_head: Option<(&str, usize)>) -> Result<M, ImportError> {
     if !path.is_file() {
         return Err(ImportError::NotFound(path.to_path_buf()));
     }
     let read_err = |message: String| ImportError::Read { path: path.to_path_buf(), message };
-    let result = match format_of(path)? {
+    let mut skipped_head: Option<String> = None;
+    let mut result = match format_of(path)? {
         Format::Burnpack => {
             // Read the whole file now: a file-backed store would read each tensor lazily on first
             // use, from whatever the path holds by then.
@@ -74,14 +86,25 @@ pub fn load_weights<M: Checkpoint>(mut model: M, path: &Path) -> Result<M, Impor
         }
         format => {
             let tensors = read_checkpoint(path, format)?;
-            let tensors = model
+            let mut tensors = model
                 .adapt_checkpoint(tensors)
                 .map_err(|message| ImportError::Mismatch { path: path.to_path_buf(), message })?;
+            if let Some((head, classes)) = new_head {
+                let prefix = format!("{head}.");
+                let ckpt_classes = tensors.get(&format!("{head}.weight")).map(|w| w.shape()[0]);
+                if ckpt_classes.is_some_and(|c| c != classes) {
+                    tensors.retain(|k, _| !k.starts_with(&prefix));
+                    skipped_head = Some(prefix);
+                }
+            }
             let packs = tensors.into_iter().map(|(k, d)| bridge::from_data(d, k, None)).collect();
             let adapter: Box<dyn ModuleAdapter> = Box::new(PyTorchToBurnAdapter);
             model.apply(packs, None, Some(adapter), false)
         }
     };
+    if let Some(prefix) = skipped_head {
+        result.missing.retain(|(k, _)| !k.starts_with(&prefix));
+    }
     check_applied(&result, path)?;
     Ok(model)
 }

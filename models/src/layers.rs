@@ -1,6 +1,6 @@
 //! Pieces shared by the transformers: the GELU MLP and multi-head attention over projections.
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
@@ -13,12 +13,19 @@ pub struct Mlp {
     pub fc2: Linear,
 }
 
+/// timm's initialisation of transformer weights: N(0, 0.02).
+pub fn timm_init() -> Initializer {
+    Initializer::Normal { mean: 0.0, std: 0.02 }
+}
+
+/// A linear layer initialised as timm initialises transformers.
+pub fn timm_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
+    LinearConfig::new(d_in, d_out).with_bias(bias).with_initializer(timm_init()).init(device)
+}
+
 impl Mlp {
     pub fn new(dim: usize, hidden: usize, device: &Device) -> Self {
-        Self {
-            fc1: LinearConfig::new(dim, hidden).init(device),
-            fc2: LinearConfig::new(hidden, dim).init(device),
-        }
+        Self { fc1: timm_linear(dim, hidden, true, device), fc2: timm_linear(hidden, dim, true, device) }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {

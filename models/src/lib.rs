@@ -13,4 +13,4 @@ pub mod vit;
 
 pub use classifier::Classifier;
 pub use config::{ModelConfig, ZooConfig};
-pub use import::{ImportError, load_weights, save_burnpack};
+pub use import::{ImportError, load_weights, load_weights_for_finetuning, save_burnpack};

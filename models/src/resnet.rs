@@ -109,30 +109,38 @@ pub struct ResNet {
     pub layer4: Vec<Bottleneck>,
     pub avgpool: AdaptiveAvgPool2d,
     pub fc: Option<Linear>,
+    /// Channels of the last stage's output.
+    pub num_features: usize,
 }
 
 impl ResNet {
     /// ResNet-50; `num_classes` adds the classifier head, `None` keeps only the feature extractor.
     pub fn resnet50(num_classes: Option<usize>, device: &Device) -> Self {
-        let mut cin = 64;
-        let mut stage = |blocks: usize, width: usize, stride: usize| {
-            let layers = (0..blocks)
-                .map(|i| {
-                    let b = Bottleneck::new(cin, width, if i == 0 { stride } else { 1 }, device);
-                    cin = 4 * width;
-                    b
+        Self::new([3, 4, 6, 3], [64, 128, 256, 512], 64, num_classes, device)
+    }
+
+    /// A bottleneck ResNet with `layers[i]` blocks of width `channels[i]` (output `4 * channels[i]`)
+    /// in stage `i`, after a stem of `stem_width` channels.
+    pub fn new(layers: [usize; 4], channels: [usize; 4], stem_width: usize, num_classes: Option<usize>, device: &Device) -> Self {
+        let mut cin = stem_width;
+        let mut stage = |i: usize| {
+            (0..layers[i])
+                .map(|j| {
+                    let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                    let block = Bottleneck::new(cin, channels[i], stride, device);
+                    cin = 4 * channels[i];
+                    block
                 })
-                .collect::<Vec<_>>();
-            layers
+                .collect::<Vec<_>>()
         };
-        let (layer1, layer2, layer3, layer4) = (stage(3, 64, 1), stage(4, 128, 2), stage(6, 256, 2), stage(3, 512, 2));
+        let (layer1, layer2, layer3, layer4) = (stage(0), stage(1), stage(2), stage(3));
         Self {
-            conv1: Conv2dConfig::new([3, 64], [7, 7])
+            conv1: Conv2dConfig::new([3, stem_width], [7, 7])
                 .with_stride([2, 2])
                 .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
                 .with_bias(false)
                 .init(device),
-            bn1: FrozenBatchNorm2d::new(64, device),
+            bn1: FrozenBatchNorm2d::new(stem_width, device),
             maxpool: MaxPool2dConfig::new([3, 3])
                 .with_strides([2, 2])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -142,11 +150,12 @@ impl ResNet {
             layer3,
             layer4,
             avgpool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
-            fc: num_classes.map(|n| LinearConfig::new(2048, n).init(device)),
+            fc: num_classes.map(|n| LinearConfig::new(4 * channels[3], n).init(device)),
+            num_features: 4 * channels[3],
         }
     }
 
-    /// The last stage's feature map `[B, 2048, H/32, W/32]`.
+    /// The last stage's feature map `[B, num_features, H/32, W/32]` (2048 channels for ResNet-50).
     pub fn forward_features(&self, images: Tensor<4>) -> Tensor<4> {
         let x = relu(self.bn1.forward(self.conv1.forward(images)));
         let mut x = self.maxpool.forward(x);
@@ -161,7 +170,7 @@ impl ResNet {
         let fc = self.fc.as_ref()?;
         let pooled = self.avgpool.forward(self.forward_features(images));
         let b = pooled.dims()[0];
-        Some(fc.forward(pooled.reshape([b, 2048])))
+        Some(fc.forward(pooled.reshape([b, self.num_features])))
     }
 }
 

@@ -5,14 +5,14 @@
 //! 7x7 stride-4 convolution applied to the patch alone. Every block runs an inner transformer
 //! on the pixel tokens, adds their projection to the patch tokens, then an outer transformer.
 
-use burn::module::{Initializer, Param};
+use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::import::{Checkpoint, Tensors, resample_pos_embed};
-use crate::layers::{Mlp, multi_head_attention};
+use crate::layers::{Mlp, multi_head_attention, timm_init, timm_linear};
 use crate::vit::GlobalPool;
 
 /// TNT-S is `embed_dim 384, inner_dim 24, depth 12, num_heads_outer 6, num_heads_inner 4`.
@@ -91,14 +91,14 @@ impl TntConfig {
         let (d, di) = (self.embed_dim, self.inner_dim);
         let norm = |dim: usize| LayerNormConfig::new(dim).with_epsilon(self.layer_norm_eps).init(device);
         let attention = |dim: usize, heads: usize| TntAttention {
-            qk: LinearConfig::new(dim, 2 * dim).with_bias(self.qkv_bias).init(device),
-            v: LinearConfig::new(dim, dim).with_bias(self.qkv_bias).init(device),
-            proj: LinearConfig::new(dim, dim).init(device),
+            qk: timm_linear(dim, 2 * dim, self.qkv_bias, device),
+            v: timm_linear(dim, dim, self.qkv_bias, device),
+            proj: timm_linear(dim, dim, true, device),
             num_heads: heads,
         };
         let num_pixel = self.pixel_grid() * self.pixel_grid();
         let grid = self.image_size / self.patch_size;
-        let trunc = Initializer::Normal { mean: 0.0, std: 0.02 };
+        let trunc = timm_init();
         Tnt {
             pixel_embed: PixelEmbed {
                 proj: Conv2dConfig::new([self.in_channels, di], [7, 7])
@@ -108,7 +108,7 @@ impl TntConfig {
                 patch_size: self.patch_size,
             },
             norm1_proj: norm(num_pixel * di),
-            proj: LinearConfig::new(num_pixel * di, d).init(device),
+            proj: timm_linear(num_pixel * di, d, true, device),
             norm2_proj: norm(d),
             cls_token: trunc.init([1, 1, d], device),
             patch_pos: trunc.init([1, 1 + grid * grid, d], device),
@@ -120,7 +120,7 @@ impl TntConfig {
                     norm_mlp_in: norm(di),
                     mlp_in: Mlp::new(di, 4 * di, device),
                     norm1_proj: norm(num_pixel * di),
-                    proj: LinearConfig::new(num_pixel * di, d).with_bias(false).init(device),
+                    proj: timm_linear(num_pixel * di, d, false, device),
                     norm2_proj: norm(d),
                     norm_out: norm(d),
                     attn_out: attention(d, self.num_heads_outer),
@@ -129,7 +129,7 @@ impl TntConfig {
                 })
                 .collect(),
             norm: norm(d),
-            head: LinearConfig::new(d, self.num_classes).init(device),
+            head: timm_linear(d, self.num_classes, true, device),
             global_pool: self.global_pool,
         }
     }

@@ -1,14 +1,14 @@
 //! Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words", 2021) in the layout of
 //! timm's `VisionTransformer`, so that timm checkpoints load by name.
 
-use burn::module::{Initializer, Param};
+use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::import::{Checkpoint, Tensors, resample_pos_embed};
-use crate::layers::{Mlp, multi_head_attention};
+use crate::layers::{Mlp, multi_head_attention, timm_init, timm_linear};
 
 /// How the token sequence becomes one feature vector before the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -88,7 +88,7 @@ impl VitConfig {
         let d = self.embed_dim;
         let norm = || LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device);
         let num_tokens = 1 + self.grid_size() * self.grid_size();
-        let trunc = Initializer::Normal { mean: 0.0, std: 0.02 };
+        let trunc = timm_init();
         let (final_norm, fc_norm) = match self.global_pool {
             GlobalPool::Token => (Some(norm()), None),
             GlobalPool::Avg => (None, Some(norm())),
@@ -105,8 +105,8 @@ impl VitConfig {
                 .map(|_| Block {
                     norm1: norm(),
                     attn: Attention {
-                        qkv: LinearConfig::new(d, 3 * d).with_bias(self.qkv_bias).init(device),
-                        proj: LinearConfig::new(d, d).init(device),
+                        qkv: timm_linear(d, 3 * d, self.qkv_bias, device),
+                        proj: timm_linear(d, d, true, device),
                         num_heads: self.num_heads,
                     },
                     norm2: norm(),
@@ -115,7 +115,7 @@ impl VitConfig {
                 .collect(),
             norm: final_norm,
             fc_norm,
-            head: LinearConfig::new(d, self.num_classes).init(device),
+            head: timm_linear(d, self.num_classes, true, device),
         }
     }
 }

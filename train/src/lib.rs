@@ -1,1 +1,10 @@
+//! Training loops for the zoo's models.
 
+pub mod checkpoint;
+pub mod classification;
+pub mod detr_loss;
+pub mod loader;
+pub mod matcher;
+pub mod mix;
+
+pub use classification::{EpochMetrics, TrainOptions, TrainReport, train_classifier};

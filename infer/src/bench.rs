@@ -1,0 +1,119 @@
+//! `zoo bench`: images per second of inference (or of a full training step) after a warm-up,
+//! and the process's peak resident memory.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use serde::Serialize;
+use zoo_models::{Classifier, ModelConfig, ZooConfig};
+use zoo_train::classification::soft_cross_entropy;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub batch: usize,
+    pub iters: usize,
+    pub warmup: usize,
+    pub train: bool,
+    /// DETR's input size (height, width).
+    pub detr_size: (usize, usize),
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub mode: String,
+    pub device: String,
+    pub batch: usize,
+    pub iters: usize,
+    pub input: [usize; 4],
+    pub images_per_sec: f64,
+    pub ms_per_batch: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// The process's peak resident set size (VmHWM) in MiB, where the OS reports it.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Times `iters` calls of `step` after `warmup` untimed ones; `step` must wait for its result.
+fn time(warmup: usize, iters: usize, mut step: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        step();
+    }
+    let start = Instant::now();
+    for _ in 0..iters {
+        step();
+    }
+    start.elapsed().as_secs_f64() / iters as f64
+}
+
+pub fn bench(config: &ZooConfig, device: &Device, opts: &BenchOptions) -> Result<BenchResult> {
+    let b = opts.batch;
+    let (input, seconds) = match &config.model {
+        ModelConfig::Detr(c) => {
+            if opts.train {
+                bail!("a DETR training step needs the set criterion, which the detection training loop brings; bench inference only");
+            }
+            let (h, w) = opts.detr_size;
+            let model = c.init(device);
+            let x = Tensor::<4>::random([b, 3, h, w], burn::tensor::Distribution::Normal(0.0, 1.0), device);
+            let mask = Tensor::<3, Bool>::full([b, h, w], false, device);
+            let s = time(opts.warmup, opts.iters, || {
+                let out = model.forward(x.clone(), mask.clone());
+                let _ = out.boxes.into_data();
+            });
+            ([b, 3, h, w], s)
+        }
+        model_config => {
+            let size = model_config.image_size().expect("classifiers have an input size");
+            let classes = match model_config {
+                ModelConfig::Vit(c) => c.num_classes,
+                ModelConfig::Tnt(c) => c.num_classes,
+                ModelConfig::Detr(_) => unreachable!(),
+            };
+            let dist = burn::tensor::Distribution::Normal(0.0, 1.0);
+            let s = if opts.train {
+                let device = device.clone().autodiff();
+                let mut model = Classifier::init(model_config, &device).expect("classifier");
+                let mut optim = AdamWConfig::new().init();
+                let x = Tensor::<4>::random([b, 3, size, size], dist, &device);
+                let labels: Vec<usize> = (0..b).map(|i| i % classes).collect();
+                let targets = Tensor::<2>::from_data(
+                    TensorData::new(zoo_train::mix::smoothed_one_hot(&labels, classes, 0.1), [b, classes]),
+                    &device,
+                );
+                time(opts.warmup, opts.iters, || {
+                    let loss = soft_cross_entropy(model.forward(x.clone()), targets.clone());
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    model = optim.step(1e-4, model.clone(), grads);
+                    let _ = loss.into_data();
+                })
+            } else {
+                let model = Classifier::init(model_config, device).expect("classifier");
+                let x = Tensor::<4>::random([b, 3, size, size], dist, device);
+                time(opts.warmup, opts.iters, || {
+                    let _ = model.forward(x.clone()).into_data();
+                })
+            };
+            ([b, 3, size, size], s)
+        }
+    };
+    Ok(BenchResult {
+        model: config.model.arch().to_string(),
+        mode: if opts.train { "train step" } else { "inference" }.into(),
+        device: format!("{device:?}"),
+        batch: b,
+        iters: opts.iters,
+        input,
+        images_per_sec: b as f64 / seconds,
+        ms_per_batch: seconds * 1000.0,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}

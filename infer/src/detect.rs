@@ -1,0 +1,159 @@
+//! `zoo detect`: DETR detections for images or a preprocessed batch, as JSON and as pictures.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use image::RgbImage;
+use serde::Serialize;
+use zoo_datasets::coco::COCO_CATEGORY_NAMES;
+use zoo_datasets::{DetrTransform, load_rgb, pad_batch};
+use zoo_models::detr::{Detr, DetrConfig, postprocess};
+use zoo_models::{ModelConfig, ZooConfig, load_weights};
+
+use crate::{Inputs, draw, npy};
+
+pub fn detr_config<'a>(config: &'a ZooConfig, config_path: &Path) -> Result<&'a DetrConfig> {
+    match &config.model {
+        ModelConfig::Detr(c) => Ok(c),
+        other => bail!("{}: model arch `{}` is not a detector (expected `detr`)", config_path.display(), other.arch()),
+    }
+}
+
+pub fn load_detr(config: &ZooConfig, config_path: &Path, weights: &Path, device: &Device) -> Result<Detr> {
+    Ok(load_weights(detr_config(config, config_path)?.init(device), weights)?)
+}
+
+/// Class names by class index: the config's label file, else COCO's for 91-class models.
+pub fn class_names(config: &ZooConfig, num_classes: usize) -> Result<Vec<String>> {
+    if let Some(labels) = config.labels()? {
+        if labels.len() != num_classes {
+            bail!("label file has {} lines but the model has {num_classes} classes", labels.len());
+        }
+        return Ok(labels);
+    }
+    Ok((0..num_classes)
+        .map(|i| match COCO_CATEGORY_NAMES.get(i) {
+            Some(name) if num_classes == COCO_CATEGORY_NAMES.len() => name.to_string(),
+            _ => format!("class {i}"),
+        })
+        .collect())
+}
+
+#[derive(Debug, Serialize)]
+pub struct DetectionJson {
+    pub category_id: usize,
+    pub category: String,
+    pub score: f32,
+    /// Absolute `[x, y, width, height]` in the original image.
+    pub bbox: [f32; 4],
+}
+
+#[derive(Debug, Serialize)]
+pub struct DetectOutput {
+    pub inputs: Vec<String>,
+    /// `[B][queries][classes + 1]`, last decoder layer.
+    pub pred_logits: Vec<Vec<Vec<f32>>>,
+    /// `[B][queries][4]`, normalised (cx, cy, w, h).
+    pub pred_boxes: Vec<Vec<Vec<f32>>>,
+    /// Per image, the detections scoring at least the threshold, best first.
+    pub detections: Vec<Vec<DetectionJson>>,
+}
+
+fn nested(t: Tensor<3>) -> Result<Vec<Vec<Vec<f32>>>> {
+    let [_, q, c] = t.dims();
+    let values: Vec<f32> = t.into_data().convert::<f32>().try_into_vec().context("reading predictions")?;
+    Ok(values.chunks(q * c).map(|img| img.chunks(c).map(<[f32]>::to_vec).collect()).collect())
+}
+
+/// Runs DETR over the inputs; returns the predictions and, for image inputs, the decoded images.
+pub fn detect(
+    model: &Detr,
+    config: &ZooConfig,
+    config_path: &Path,
+    inputs: &Inputs,
+    threshold: f32,
+    device: &Device,
+) -> Result<(DetectOutput, Vec<RgbImage>)> {
+    let detr = detr_config(config, config_path)?;
+    let names = class_names(config, detr.num_classes)?;
+    let mut out = DetectOutput { inputs: vec![], pred_logits: vec![], pred_boxes: vec![], detections: vec![] };
+    let mut pictures = Vec::new();
+    let mut run = |images: Tensor<4>, mask: Tensor<3, Bool>, sizes: &[(usize, usize)]| -> Result<()> {
+        let prediction = model.forward(images, mask);
+        for dets in postprocess(&prediction, sizes) {
+            let mut kept: Vec<DetectionJson> = dets
+                .into_iter()
+                .filter(|d| d.score >= threshold)
+                .map(|d| {
+                    let [x0, y0, x1, y1] = d.bbox_xyxy;
+                    DetectionJson { category_id: d.label, category: names[d.label].clone(), score: d.score, bbox: [x0, y0, x1 - x0, y1 - y0] }
+                })
+                .collect();
+            kept.sort_by(|a, b| b.score.total_cmp(&a.score));
+            out.detections.push(kept);
+        }
+        out.pred_logits.extend(nested(prediction.logits)?);
+        out.pred_boxes.extend(nested(prediction.boxes)?);
+        Ok(())
+    };
+    match inputs {
+        Inputs::Npy(path) => {
+            let x = npy::read_batch(path, device)?;
+            let [b, c, h, w] = x.dims();
+            if c != 3 {
+                bail!("input {}: {c} channels given, 3 expected", path.display());
+            }
+            run(x, Tensor::<3, Bool>::full([b, h, w], false, device), &vec![(h, w); b])?;
+            out.inputs = (0..b).map(|i| format!("{}[{i}]", path.display())).collect();
+        }
+        Inputs::Images(paths) => {
+            let transform = DetrTransform::new(detr.eval_short_side, detr.eval_max_side, &config.data);
+            for chunk in paths.chunks(config.eval.batch_size) {
+                let decoded = chunk.iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>, _>>()?;
+                let transformed: Vec<_> = decoded.iter().map(|img| transform.apply(img)).collect();
+                let sizes: Vec<_> = decoded.iter().map(|i| (i.height() as usize, i.width() as usize)).collect();
+                let (images, mask) = pad_batch(&transformed, device);
+                run(images, mask, &sizes)?;
+                pictures.extend(decoded);
+            }
+            out.inputs = paths.iter().map(|p| p.display().to_string()).collect();
+        }
+    }
+    Ok((out, pictures))
+}
+
+/// Draws each image's detections and writes `<out_dir>/<stem>.detections.png`; returns the paths.
+pub fn draw_detections(out: &DetectOutput, pictures: Vec<RgbImage>, out_dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let mut written = Vec::new();
+    for ((input, dets), mut img) in out.inputs.iter().zip(&out.detections).zip(pictures) {
+        let scale = (img.width().max(img.height()) as i64 / 400).max(1);
+        for d in dets.iter().rev() {
+            let colour = draw::class_colour(d.category_id);
+            let [x, y, w, h] = d.bbox;
+            draw::rectangle(&mut img, [x, y, x + w, y + h], 2 * scale, colour);
+            let text = format!("{} {:.2}", d.category, d.score);
+            draw::label(&mut img, &text, x.round() as i64, (y.round() as i64 - 8 * scale - 2).max(0), scale, colour);
+        }
+        let stem = Path::new(input).file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+        let path = out_dir.join(format!("{stem}.detections.png"));
+        img.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+impl DetectOutput {
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        for (input, dets) in self.inputs.iter().zip(&self.detections) {
+            s.push_str(&format!("{input}: {} detections\n", dets.len()));
+            for d in dets {
+                let [x, y, w, h] = d.bbox;
+                s.push_str(&format!("  {} ({}) {:.3} at x={x:.1} y={y:.1} w={w:.1} h={h:.1}\n", d.category, d.category_id, d.score));
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,115 @@
+//! `zoo eval`: COCO bbox mAP of DETR over an annotated image folder, and ImageNet-style top-1 /
+//! top-5 of a classifier over a class-folder validation set.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::Serialize;
+use zoo_datasets::{DetrTransform, EvalTransform, ImageFolder, load_rgb, pad_batch};
+use zoo_models::ZooConfig;
+use zoo_models::detr::{Detr, postprocess};
+use zoo_train::classification::evaluate;
+use zoo_train::loader::{Augment, Loader};
+
+use crate::classify::load_classifier;
+use crate::coco_eval::{CocoEvalResult, CocoGroundTruth, Detection, evaluate as coco_evaluate};
+use crate::detect::detr_config;
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64).with_prefix(what.to_string());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {per_sec}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// One COCO result, as written to `--results-out`.
+#[derive(Debug, Serialize)]
+struct CocoResult {
+    image_id: u64,
+    category_id: u64,
+    bbox: [f64; 4],
+    score: f64,
+}
+
+/// Runs DETR over every image of the annotation file (all queries kept, as DETR's evaluation
+/// does), optionally writes the COCO results JSON, and scores them as pycocotools would.
+pub fn eval_detr(
+    model: &Detr,
+    config: &ZooConfig,
+    config_path: &Path,
+    annotations: &Path,
+    images: &Path,
+    results_out: Option<&Path>,
+    device: &Device,
+) -> Result<CocoEvalResult> {
+    let detr = detr_config(config, config_path)?;
+    let gt = CocoGroundTruth::from_file(annotations)?;
+    let ids = gt.image_ids();
+    if ids.is_empty() {
+        bail!("{} lists no images", annotations.display());
+    }
+    let files: Vec<(u64, PathBuf)> = ids
+        .iter()
+        .map(|&id| match gt.file_name(id) {
+            Some(name) => Ok((id, images.join(name))),
+            None => Err(anyhow::anyhow!("{}: image {id} has no file_name", annotations.display())),
+        })
+        .collect::<Result<_>>()?;
+    let transform = DetrTransform::new(detr.eval_short_side, detr.eval_max_side, &config.data);
+    let progress = bar(files.len(), "eval");
+    let mut results = Vec::new();
+    for chunk in files.chunks(config.eval.batch_size) {
+        let decoded = chunk.par_iter().map(|(_, p)| load_rgb(p)).collect::<Result<Vec<_>, _>>()?;
+        let sizes: Vec<_> = decoded.iter().map(|i| (i.height() as usize, i.width() as usize)).collect();
+        let transformed: Vec<_> = decoded.par_iter().map(|i| transform.apply(i)).collect();
+        let (x, mask) = pad_batch(&transformed, device);
+        let dets = postprocess(&model.forward(x, mask), &sizes);
+        for ((image_id, _), image_dets) in chunk.iter().zip(dets) {
+            results.extend(image_dets.into_iter().map(|d| {
+                let [x0, y0, x1, y1] = d.bbox_xyxy.map(f64::from);
+                CocoResult { image_id: *image_id, category_id: d.label as u64, bbox: [x0, y0, x1 - x0, y1 - y0], score: d.score as f64 }
+            }));
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish();
+    if let Some(path) = results_out {
+        let text = serde_json::to_string(&results)?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {} ({} detections)", path.display(), results.len());
+    }
+    // Like pycocotools, detections of categories the ground truth does not have are not scored.
+    let dets: Vec<Detection> = results
+        .iter()
+        .map(|r| Detection { image_id: r.image_id, category_id: r.category_id, bbox: r.bbox, score: r.score })
+        .collect();
+    Ok(coco_evaluate(&gt, &dets))
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClassificationEval {
+    pub images: usize,
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+    pub images_per_sec: f64,
+}
+
+/// Top-1 / top-5 of a classifier over `data` (`<class>/<image>`, classes in sorted order).
+pub fn eval_classifier(config: &ZooConfig, config_path: &Path, weights: &Path, data: &Path, device: &Device) -> Result<ClassificationEval> {
+    let model = load_classifier(config, config_path, weights, device)?;
+    let size = config.model.image_size().context("not a classifier")?;
+    let folder = ImageFolder::open(data, false)?;
+    let loader = Loader::new(&folder, config.eval.batch_size, size, Augment::Eval(EvalTransform::new(size, &config.data)), 0, false);
+    let start = Instant::now();
+    let (loss, top1, top5) = evaluate(&model, &loader, device, false)?;
+    let images = folder.samples.len();
+    Ok(ClassificationEval { images, loss, top1, top5, images_per_sec: images as f64 / start.elapsed().as_secs_f64() })
+}

@@ -1,0 +1,117 @@
+"""Speed of the zoo against PyTorch on this machine, in one run: writes BENCHMARKS.md.
+
+    python scripts/benchmarks.py [--zoo target/release/zoo] [--devices flex] [--quick]
+
+For each case (model, batch, inference or training step) it times PyTorch eager fp32 (timm /
+transformers, no_grad for inference; forward + cross-entropy + backward + AdamW for a training
+step) and `zoo bench --json` on each device, with the same warm-up and iteration counts, and
+reports images/s and the ratio ours / PyTorch (above 1 means the zoo is faster).
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+
+import torch
+
+CASES = [
+    # (label, config, batch, train, torch builder)
+    ("ViT-B/16", "configs/vit_b16.toml", 1, False, "vit"),
+    ("ViT-B/16", "configs/vit_b16.toml", 8, False, "vit"),
+    ("TNT-S", "configs/tnt_s.toml", 1, False, "tnt"),
+    ("TNT-S", "configs/tnt_s.toml", 8, False, "tnt"),
+    ("DETR-R50 800x1066", "configs/detr_r50.toml", 1, False, "detr"),
+    ("ViT-B/16", "configs/vit_b16.toml", 8, True, "vit"),
+    ("TNT-S", "configs/tnt_s.toml", 8, True, "tnt"),
+]
+
+
+def torch_model(kind):
+    if kind == "vit":
+        import timm
+        return timm.create_model("vit_base_patch16_224"), (3, 224, 224)
+    if kind == "tnt":
+        import timm
+        return timm.create_model("tnt_s_patch16_224"), (3, 224, 224)
+    from transformers import DetrConfig, DetrForObjectDetection
+    return DetrForObjectDetection(DetrConfig(num_labels=91)), (3, 800, 1066)
+
+
+def torch_bench(kind, batch, train, warmup, iters):
+    model, shape = torch_model(kind)
+    x = torch.randn(batch, *shape)
+    if train:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        y = torch.arange(batch) % 1000
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+    else:
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model(x)
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return batch * iters / (time.perf_counter() - t)
+
+
+def zoo_bench(zoo, config, batch, train, warmup, iters, device):
+    cmd = [zoo, "bench", "--config", config, "--batch", str(batch), "--iters", str(iters),
+           "--warmup", str(warmup), "--device", device, "--json"] + (["--train"] if train else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--zoo", default="target/release/zoo")
+    p.add_argument("--devices", default="flex")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--out", default="BENCHMARKS.md")
+    args = p.parse_args()
+    torch.set_num_threads(os.cpu_count())
+    devices = args.devices.split(",")
+    rows = []
+    for label, config, batch, train, kind in CASES:
+        theirs = torch_bench(kind, batch, train, args.warmup, args.iters)
+        for device in devices:
+            ours = zoo_bench(args.zoo, config, batch, train, args.warmup, args.iters, device)
+            ratio = ours["images_per_sec"] / theirs
+            mode = "train step" if train else "inference"
+            rows.append((label, mode, batch, device, ours["images_per_sec"], theirs, ratio, ours["peak_rss_mb"]))
+            print(f"{label} {mode} batch {batch} on {device}: zoo {ours['images_per_sec']:.2f} img/s, "
+                  f"torch {theirs:.2f} img/s, ratio {ratio:.2f}", flush=True)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    with open(args.out, "w") as f:
+        f.write("# Benchmarks\n\n")
+        f.write(f"Measured by `python scripts/benchmarks.py --devices {args.devices}` in one run on {cpu}, "
+                f"{os.cpu_count()} cores, PyTorch {torch.__version__} eager fp32 with {torch.get_num_threads()} threads; "
+                f"{args.warmup} warm-up and {args.iters} timed iterations per case. Ratio = zoo / PyTorch "
+                "images per second (above 1: the zoo is faster). Random weights; speed does not depend on them.\n\n")
+        f.write("| model | mode | batch | zoo device | zoo img/s | PyTorch img/s | ratio | zoo peak RSS MiB |\n")
+        f.write("|---|---|---|---|---|---|---|---|\n")
+        for r in rows:
+            f.write(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.0f} |\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

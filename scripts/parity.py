@@ -1,0 +1,117 @@
+"""Full-size parity check against the reference implementations, on random weights.
+
+    python scripts/parity.py vit|tnt|detr [--zoo target/release/zoo] [--dir /tmp/parity]
+
+Builds the full-size model with its reference (timm for ViT-B/16 and TNT-S, Hugging Face
+transformers for DETR-R50), perturbs every parameter so that no tensor is trivially zero or one,
+saves its weights in each layout the zoo loads (timm: .safetensors and a .pth nested under
+"model"; DETR: HF .safetensors and the original facebookresearch/detr .pth layout), runs the
+reference and `zoo classify|detect --input-npy --json` on the same random input and prints the
+largest absolute differences. Exits non-zero if a difference is over the tolerance.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(__file__))
+from make_model_fixtures import hf_to_facebook, perturb  # noqa: E402
+
+
+def run_zoo(zoo, command, config, weights, npy):
+    t = time.perf_counter()
+    out = subprocess.run([zoo, command, "--config", config, "--weights", weights, "--input-npy", npy,
+                          "--json"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout), time.perf_counter() - t
+
+
+def classifier(args, name, config):
+    import timm
+    torch.manual_seed(0)
+    model = perturb(timm.create_model(name, pretrained=False), 1)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model(x)
+        t = time.perf_counter()
+        ref = model(x).numpy()
+        torch_s = time.perf_counter() - t
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    files = {"safetensors": os.path.join(args.dir, f"{name}.safetensors"),
+             "pth": os.path.join(args.dir, f"{name}.pth")}
+    save_file(sd, files["safetensors"])
+    torch.save({"model": sd}, files["pth"])
+    npy = os.path.join(args.dir, f"{name}_input.npy")
+    np.save(npy, x.numpy())
+    ok = True
+    for fmt, path in files.items():
+        out, zoo_s = run_zoo(args.zoo, "classify", config, path, npy)
+        diff = float(np.abs(np.array(out["logits"], dtype=np.float32) - ref).max())
+        ok &= diff <= 1e-4
+        print(f"{name} from .{fmt}: max |zoo - timm| logits = {diff:.3e} "
+              f"(torch forward {torch_s:.2f} s for 2 images; zoo process incl. load {zoo_s:.2f} s)")
+    return ok
+
+
+def detr(args):
+    from transformers import DetrConfig, DetrForObjectDetection
+    torch.manual_seed(0)
+    model = DetrForObjectDetection(DetrConfig(num_labels=91))
+    perturb(model, 1)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_var"):
+                buf.copy_(0.5 + torch.rand(buf.shape, generator=g))
+            elif name.endswith("running_mean"):
+                buf.copy_(0.1 * torch.randn(buf.shape, generator=g))
+    model.eval()
+    x = torch.randn(1, 3, 480, 640, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(1, 480, 640, dtype=torch.long)
+    with torch.no_grad():
+        t = time.perf_counter()
+        o = model(pixel_values=x, pixel_mask=mask)
+        torch_s = time.perf_counter() - t
+    hf_dir = os.path.join(args.dir, "detr_hf")
+    model.save_pretrained(hf_dir, safe_serialization=True)
+    from safetensors.torch import load_file
+    files = {"HF safetensors": os.path.join(hf_dir, "model.safetensors"),
+             "original .pth": os.path.join(args.dir, "detr_original.pth")}
+    torch.save({"model": hf_to_facebook(load_file(files["HF safetensors"]))}, files["original .pth"])
+    npy = os.path.join(args.dir, "detr_input.npy")
+    np.save(npy, x.numpy())
+    ok = True
+    for fmt, path in files.items():
+        out, zoo_s = run_zoo(args.zoo, "detect", "configs/detr_r50.toml", path, npy)
+        dl = float(np.abs(np.array(out["pred_logits"], dtype=np.float32) - o.logits.numpy()).max())
+        db = float(np.abs(np.array(out["pred_boxes"], dtype=np.float32) - o.pred_boxes.numpy()).max())
+        ok &= dl <= 1e-4 and db <= 1e-5
+        print(f"DETR-R50 480x640 from {fmt}: max |zoo - HF| pred_logits = {dl:.3e}, pred_boxes = {db:.3e} "
+              f"(torch forward {torch_s:.2f} s; zoo process incl. load {zoo_s:.2f} s)")
+    return ok
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("model", choices=["vit", "tnt", "detr"])
+    p.add_argument("--zoo", default="target/release/zoo")
+    p.add_argument("--dir", default="/tmp/zoo-parity")
+    args = p.parse_args()
+    os.makedirs(args.dir, exist_ok=True)
+    torch.set_num_threads(os.cpu_count())
+    if args.model == "vit":
+        ok = classifier(args, "vit_base_patch16_224", "configs/vit_b16.toml")
+    elif args.model == "tnt":
+        ok = classifier(args, "tnt_s_patch16_224", "configs/tnt_s.toml")
+    else:
+        ok = detr(args)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+//! Training checkpoints: the model (burnpack), the optimizer state and the progress (the
+//! learning-rate schedule is a function of the step count), written to a temporary folder that is renamed into place, so a checkpoint on disk
+//! is always whole.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// What the loop needs besides the tensors to continue where it stopped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub step: usize,
+    pub best_top1: f64,
+    pub best_epoch: usize,
+}
+
+pub const MODEL: &str = "model.bpk";
+pub const OPTIMIZER: &str = "optimizer.bpk";
+pub const PROGRESS: &str = "progress.json";
+
+pub fn checkpoint_dir(output: &Path, epoch: usize) -> PathBuf {
+    output.join("checkpoints").join(format!("epoch-{epoch:04}"))
+}
+
+/// Writes a checkpoint folder atomically: `write` fills a temporary folder, which is then
+/// renamed to `epoch-NNNN`. Older checkpoints beyond the last `keep` are removed.
+pub fn save(output: &Path, progress: &Progress, keep: usize, write: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    let dir = checkpoint_dir(output, progress.epoch);
+    let parent = dir.parent().expect("checkpoint folders have a parent");
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let tmp = parent.join(format!(".epoch-{:04}.tmp", progress.epoch));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    write(&tmp)?;
+    std::fs::write(tmp.join(PROGRESS), serde_json::to_string_pretty(progress)?)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move checkpoint into {}", dir.display()))?;
+    let mut all = list(output)?;
+    while all.len() > keep {
+        let (_, old) = all.remove(0);
+        std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+    }
+    Ok(dir)
+}
+
+/// Completed checkpoints `(epoch, folder)`, oldest first (temporary folders are not listed).
+pub fn list(output: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let dir = output.join("checkpoints");
+    if !dir.is_dir() {
+        return Ok(vec![]);
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        let epoch = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("epoch-")).and_then(|n| n.parse().ok());
+        if let Some(epoch) = epoch {
+            if path.join(PROGRESS).is_file() {
+                found.push((epoch, path));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+pub fn read_progress(dir: &Path) -> Result<Progress> {
+    let path = dir.join(PROGRESS);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("invalid checkpoint progress {}", path.display()))
+}

@@ -1,0 +1,175 @@
+//! DETR's set criterion: each decoder layer's predictions are matched one-to-one to the targets
+//! (class + 5 L1 + 2 GIoU cost, Hungarian), then scored with a weighted cross-entropy over every
+//! query (unmatched ones must say "no object", weighted 0.1) and, on the matched pairs, the L1
+//! and 1 - GIoU of the boxes, both divided by the number of target boxes in the batch.
+
+use anyhow::{Result, bail};
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, softmax};
+use zoo_models::detr::DetrOutput;
+
+use crate::matcher::hungarian_match;
+
+/// One image's targets: class indices and normalised (cx, cy, w, h) boxes.
+#[derive(Debug, Clone, Default)]
+pub struct DetrTarget {
+    pub labels: Vec<usize>,
+    pub boxes: Vec<[f32; 4]>,
+}
+
+/// The weights of DETR's criterion (its paper's values by default).
+#[derive(Debug, Clone, Copy)]
+pub struct SetCriterion {
+    pub cost_class: f32,
+    pub cost_bbox: f32,
+    pub cost_giou: f32,
+    pub weight_ce: f64,
+    pub weight_bbox: f64,
+    pub weight_giou: f64,
+    /// Cross-entropy weight of the "no object" class.
+    pub eos_coef: f32,
+}
+
+impl Default for SetCriterion {
+    fn default() -> Self {
+        Self { cost_class: 1.0, cost_bbox: 5.0, cost_giou: 2.0, weight_ce: 1.0, weight_bbox: 5.0, weight_giou: 2.0, eos_coef: 0.1 }
+    }
+}
+
+/// The three losses of one decoder layer.
+#[derive(Debug, Clone)]
+pub struct LayerLosses {
+    pub ce: Tensor<1>,
+    pub bbox: Tensor<1>,
+    pub giou: Tensor<1>,
+}
+
+fn corners([cx, cy, w, h]: [f32; 4]) -> [f32; 4] {
+    [cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h]
+}
+
+/// Generalised IoU of two corner boxes: IoU - (C - U) / C, C the smallest enclosing box.
+pub fn giou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let union = area(a) + area(b) - inter;
+    let enclosing = (a[2].max(b[2]) - a[0].min(b[0])) * (a[3].max(b[3]) - a[1].min(b[1]));
+    inter / union - (enclosing - union) / enclosing
+}
+
+/// Differentiable GIoU of matched rows of two `[N, 4]` tensors of (cx, cy, w, h) boxes.
+fn giou_rows(pred: Tensor<2>, target: Tensor<2>) -> Tensor<1> {
+    let n = pred.dims()[0];
+    let split = |t: Tensor<2>| -> [Tensor<1>; 4] {
+        let cx = t.clone().slice(s![.., 0..1]).reshape([n]);
+        let cy = t.clone().slice(s![.., 1..2]).reshape([n]);
+        let w = t.clone().slice(s![.., 2..3]).reshape([n]);
+        let h = t.slice(s![.., 3..4]).reshape([n]);
+        [cx.clone() - w.clone() * 0.5, cy.clone() - h.clone() * 0.5, cx + w * 0.5, cy + h * 0.5]
+    };
+    let [ax0, ay0, ax1, ay1] = split(pred);
+    let [bx0, by0, bx1, by1] = split(target);
+    let area_a = (ax1.clone() - ax0.clone()) * (ay1.clone() - ay0.clone());
+    let area_b = (bx1.clone() - bx0.clone()) * (by1.clone() - by0.clone());
+    let iw = (ax1.clone().min_pair(bx1.clone()) - ax0.clone().max_pair(bx0.clone())).clamp_min(0.0);
+    let ih = (ay1.clone().min_pair(by1.clone()) - ay0.clone().max_pair(by0.clone())).clamp_min(0.0);
+    let inter = iw * ih;
+    let union = area_a + area_b - inter.clone();
+    let ew = ax1.max_pair(bx1) - ax0.min_pair(bx0);
+    let eh = ay1.max_pair(by1) - ay0.min_pair(by0);
+    let enclosing = ew * eh;
+    inter / union.clone() - (enclosing.clone() - union) / enclosing
+}
+
+impl SetCriterion {
+    /// Query-target pairs of every image for one layer, from detached predictions.
+    pub fn match_layer(&self, out: &DetrOutput, targets: &[DetrTarget]) -> Result<Vec<Vec<(usize, usize)>>> {
+        let [b, q, k] = out.logits.dims();
+        let probs: Vec<f32> = softmax(out.logits.clone().detach(), 2).into_data().convert::<f32>().try_into_vec()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let boxes: Vec<f32> = out.boxes.clone().detach().into_data().convert::<f32>().try_into_vec()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        (0..b)
+            .map(|bi| {
+                let t = &targets[bi];
+                let n = t.labels.len();
+                let mut cost = vec![0f32; q * n];
+                for qi in 0..q {
+                    let p = &probs[(bi * q + qi) * k..][..k];
+                    let pb: [f32; 4] = boxes[(bi * q + qi) * 4..][..4].try_into().expect("4 coordinates");
+                    for (ti, (&label, &tb)) in t.labels.iter().zip(&t.boxes).enumerate() {
+                        let l1: f32 = pb.iter().zip(&tb).map(|(a, b)| (a - b).abs()).sum();
+                        cost[qi * n + ti] = self.cost_bbox * l1 - self.cost_class * p[label] - self.cost_giou * giou(corners(pb), corners(tb));
+                    }
+                }
+                Ok(hungarian_match(&cost, q, n)?)
+            })
+            .collect()
+    }
+
+    /// The three losses of one layer given its matching; `num_boxes` is the batch's target count.
+    pub fn layer_losses(&self, out: &DetrOutput, targets: &[DetrTarget], pairs: &[Vec<(usize, usize)>], num_boxes: f64) -> LayerLosses {
+        let [b, q, k] = out.logits.dims();
+        let device = out.logits.device();
+        let no_object = k - 1;
+        // Target class of every query, and its cross-entropy weight.
+        let mut classes = vec![no_object as i64; b * q];
+        let mut matched_rows = Vec::new();
+        let mut matched_boxes = Vec::new();
+        for (bi, image_pairs) in pairs.iter().enumerate() {
+            for &(qi, ti) in image_pairs {
+                classes[bi * q + qi] = targets[bi].labels[ti] as i64;
+                matched_rows.push((bi * q + qi) as i64);
+                matched_boxes.extend_from_slice(&targets[bi].boxes[ti]);
+            }
+        }
+        let weights: Vec<f32> = classes.iter().map(|&c| if c as usize == no_object { self.eos_coef } else { 1.0 }).collect();
+        let weight_sum: f32 = weights.iter().sum();
+        let log_probs = log_softmax(out.logits.clone(), 2).reshape([b * q, k]);
+        let class_idx = Tensor::<2, Int>::from_data(TensorData::new(classes, [b * q, 1]), &device);
+        let picked = log_probs.gather(1, class_idx).reshape([b * q]);
+        let w = Tensor::<1>::from_data(TensorData::new(weights, [b * q]), &device);
+        let ce = (picked * w).sum().neg() / weight_sum as f64;
+
+        let n = matched_rows.len();
+        let (bbox, giou_loss) = if n == 0 {
+            let zero = out.boxes.clone().sum() * 0.0;
+            (zero.clone(), zero)
+        } else {
+            let rows = Tensor::<1, Int>::from_data(TensorData::new(matched_rows, [n]), &device);
+            let pred = out.boxes.clone().reshape([b * q, 4]).select(0, rows);
+            let target = Tensor::<2>::from_data(TensorData::new(matched_boxes, [n, 4]), &device);
+            let l1 = (pred.clone() - target.clone()).abs().sum() / num_boxes;
+            let g = (giou_rows(pred, target).neg() + 1.0).sum() / num_boxes;
+            (l1, g)
+        };
+        LayerLosses { ce: ce.reshape([1]), bbox: bbox.reshape([1]), giou: giou_loss.reshape([1]) }
+    }
+
+    /// The total loss over every decoder layer (the last and the auxiliary ones), and each
+    /// layer's three losses.
+    pub fn loss(&self, outputs: &[DetrOutput], targets: &[DetrTarget]) -> Result<(Tensor<1>, Vec<LayerLosses>)> {
+        if outputs.is_empty() {
+            bail!("no decoder outputs");
+        }
+        if targets.len() != outputs[0].logits.dims()[0] {
+            bail!("{} targets for a batch of {}", targets.len(), outputs[0].logits.dims()[0]);
+        }
+        let num_boxes = (targets.iter().map(|t| t.labels.len()).sum::<usize>() as f64).max(1.0);
+        let mut total: Option<Tensor<1>> = None;
+        let mut per_layer = Vec::new();
+        for out in outputs {
+            let pairs = self.match_layer(out, targets)?;
+            let l = self.layer_losses(out, targets, &pairs, num_boxes);
+            let weighted = l.ce.clone() * self.weight_ce + l.bbox.clone() * self.weight_bbox + l.giou.clone() * self.weight_giou;
+            total = Some(match total {
+                Some(t) => t + weighted,
+                None => weighted,
+            });
+            per_layer.push(l);
+        }
+        Ok((total.expect("at least one layer"), per_layer))
+    }
+}
