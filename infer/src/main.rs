@@ -30,28 +30,46 @@ struct DeviceArg {
     device: Option<String>,
 }
 
+/// A model, its weights and what to run it on.
+#[derive(Args)]
+struct ModelRun {
+    #[arg(long)]
+    config: PathBuf,
+    /// Weights: .safetensors or .pth/.pt/.bin as timm, transformers or facebookresearch/detr
+    /// write them, or the zoo's .bpk.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Image files (PNG, JPEG), transformed as the model's evaluation does and batched by
+    /// eval.batch_size (DETR pads each batch, as it does).
+    #[arg(long, num_args = 1.., required_unless_present = "input_npy", conflicts_with = "input_npy")]
+    image: Vec<PathBuf>,
+    /// A preprocessed float32 [B, 3, H, W] batch (no padding).
+    #[arg(long)]
+    input_npy: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+impl ModelRun {
+    fn inputs(&self) -> Inputs {
+        match &self.input_npy {
+            Some(path) => Inputs::Npy(path.clone()),
+            None => Inputs::Images(self.image.clone()),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Classify images (or a preprocessed .npy batch) with a ViT or TNT.
     Classify {
-        #[arg(long)]
-        config: PathBuf,
-        /// Weights: .safetensors, .pth/.pt/.bin (timm) or .bpk (zoo).
-        #[arg(long)]
-        weights: PathBuf,
-        /// Image files (PNG, JPEG), batched by eval.batch_size.
-        #[arg(long, num_args = 1.., required_unless_present = "input_npy", conflicts_with = "input_npy")]
-        image: Vec<PathBuf>,
-        /// A preprocessed float32 [B, 3, H, W] batch.
-        #[arg(long)]
-        input_npy: Option<PathBuf>,
+        #[command(flatten)]
+        run: ModelRun,
         #[arg(long, default_value_t = 5)]
         top_k: usize,
         /// Print one JSON object with `logits` and `top_k`.
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        device: DeviceArg,
     },
     /// Train a classifier (ViT, TNT) as its config's [train] section says, with checkpoints.
     Train {
@@ -79,17 +97,8 @@ enum Command {
     },
     /// Detect objects with DETR in images (or a preprocessed .npy batch).
     Detect {
-        #[arg(long)]
-        config: PathBuf,
-        /// Weights: facebookresearch/detr .pth, Hugging Face .safetensors, or .bpk (zoo).
-        #[arg(long)]
-        weights: PathBuf,
-        /// Image files (PNG, JPEG), batched by eval.batch_size and padded as DETR does.
-        #[arg(long, num_args = 1.., required_unless_present = "input_npy", conflicts_with = "input_npy")]
-        image: Vec<PathBuf>,
-        /// A preprocessed float32 [B, 3, H, W] batch without padding.
-        #[arg(long)]
-        input_npy: Option<PathBuf>,
+        #[command(flatten)]
+        run: ModelRun,
         /// Detections scoring below this are left out of `detections` and the pictures.
         #[arg(long, default_value_t = 0.7)]
         threshold: f32,
@@ -99,8 +108,6 @@ enum Command {
         /// Print one JSON object with `pred_logits`, `pred_boxes` and `detections`.
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        device: DeviceArg,
     },
     /// Convert a checkpoint (.safetensors, .pth) of any zoo model to burnpack (.bpk), which loads faster.
     Convert {
@@ -183,15 +190,11 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Classify { config, weights, image, input_npy, top_k, json, device } => {
-            let device = select_device(device.device.as_deref())?;
-            let cfg = ZooConfig::from_file(&config)?;
-            let model = load_classifier(&cfg, &config, &weights, &device)?;
-            let inputs = match input_npy {
-                Some(path) => Inputs::Npy(path),
-                None => Inputs::Images(image),
-            };
-            let result = classify(&model, &cfg, &inputs, top_k, &device)?;
+        Command::Classify { run, top_k, json } => {
+            let device = select_device(run.device.device.as_deref())?;
+            let cfg = ZooConfig::from_file(&run.config)?;
+            let model = load_classifier(&cfg, &run.config, &run.weights, &device)?;
+            let result = classify(&model, &cfg, &run.inputs(), top_k, &device)?;
             if json {
                 println!("{}", serde_json::to_string(&result)?);
             } else {
@@ -216,15 +219,11 @@ fn run(cli: Cli) -> Result<()> {
             let options = DemoOptions { out, epochs, train_per_class, quiet: false };
             run_demo(&options, &device)?;
         }
-        Command::Detect { config, weights, image, input_npy, threshold, out, json, device } => {
-            let device = select_device(device.device.as_deref())?;
-            let cfg = ZooConfig::from_file(&config)?;
-            let model = load_detr(&cfg, &config, &weights, &device)?;
-            let inputs = match input_npy {
-                Some(path) => Inputs::Npy(path),
-                None => Inputs::Images(image),
-            };
-            let (result, pictures) = detect(&model, &cfg, &config, &inputs, threshold, &device)?;
+        Command::Detect { run, threshold, out, json } => {
+            let device = select_device(run.device.device.as_deref())?;
+            let cfg = ZooConfig::from_file(&run.config)?;
+            let model = load_detr(&cfg, &run.config, &run.weights, &device)?;
+            let (result, pictures) = detect(&model, &cfg, &run.config, &run.inputs(), threshold, &device)?;
             if let Some(dir) = out {
                 if pictures.is_empty() {
                     bail!("--out draws on images: give --image, not --input-npy");

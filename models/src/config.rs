@@ -220,6 +220,23 @@ impl TrainConfig {
     }
 }
 
+/// Defaults shared by the model configs (serde needs them as functions).
+pub(crate) mod defaults {
+    use crate::vit::GlobalPool;
+
+    /// RGB input.
+    pub fn three() -> usize {
+        3
+    }
+    /// The MLP's hidden width over its input width.
+    pub fn four() -> f64 {
+        4.0
+    }
+    pub fn token_pool() -> GlobalPool {
+        GlobalPool::Token
+    }
+}
+
 /// A config file that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

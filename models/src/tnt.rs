@@ -21,7 +21,7 @@ use crate::vit::GlobalPool;
 pub struct TntConfig {
     pub image_size: usize,
     pub patch_size: usize,
-    #[serde(default = "three")]
+    #[serde(default = "crate::config::defaults::three")]
     pub in_channels: usize,
     pub num_classes: usize,
     /// Patch (outer) token width.
@@ -31,7 +31,7 @@ pub struct TntConfig {
     pub depth: usize,
     pub num_heads_inner: usize,
     pub num_heads_outer: usize,
-    #[serde(default = "four")]
+    #[serde(default = "crate::config::defaults::four")]
     pub mlp_ratio: f64,
     #[serde(default)]
     pub qkv_bias: bool,
@@ -40,24 +40,15 @@ pub struct TntConfig {
     pub first_stride: usize,
     #[serde(default = "tnt_eps")]
     pub layer_norm_eps: f64,
-    #[serde(default = "token_pool")]
+    #[serde(default = "crate::config::defaults::token_pool")]
     pub global_pool: GlobalPool,
 }
 
-fn three() -> usize {
-    3
-}
-fn four() -> f64 {
-    4.0
-}
 fn four_usize() -> usize {
     4
 }
 fn tnt_eps() -> f64 {
     1e-5
-}
-fn token_pool() -> GlobalPool {
-    GlobalPool::Token
 }
 
 impl TntConfig {

@@ -27,36 +27,27 @@ pub enum GlobalPool {
 pub struct VitConfig {
     pub image_size: usize,
     pub patch_size: usize,
-    #[serde(default = "three")]
+    #[serde(default = "crate::config::defaults::three")]
     pub in_channels: usize,
     pub num_classes: usize,
     pub embed_dim: usize,
     pub depth: usize,
     pub num_heads: usize,
-    #[serde(default = "four")]
+    #[serde(default = "crate::config::defaults::four")]
     pub mlp_ratio: f64,
     #[serde(default = "yes")]
     pub qkv_bias: bool,
     #[serde(default = "vit_eps")]
     pub layer_norm_eps: f64,
-    #[serde(default = "token_pool")]
+    #[serde(default = "crate::config::defaults::token_pool")]
     pub global_pool: GlobalPool,
 }
 
-fn three() -> usize {
-    3
-}
-fn four() -> f64 {
-    4.0
-}
 fn yes() -> bool {
     true
 }
 fn vit_eps() -> f64 {
     1e-6
-}
-fn token_pool() -> GlobalPool {
-    GlobalPool::Token
 }
 
 impl VitConfig {
