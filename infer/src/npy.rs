@@ -14,7 +14,8 @@ pub fn read_batch(path: &Path, device: &Device) -> Result<Tensor<4>> {
     if npy.order() != npyz::Order::C {
         bail!("input {}: Fortran-ordered arrays are not supported, save it in C order", path.display());
     }
-    let dtype = npy.dtype().descr();
+    let descr = npy.dtype().descr();
+    let dtype = descr.trim_matches('\'');
     if dtype != "<f4" {
         bail!("input {}: dtype {dtype} given, float32 (<f4) expected", path.display());
     }
@@ -24,4 +25,23 @@ pub fn read_batch(path: &Path, device: &Device) -> Result<Tensor<4>> {
     let values: Vec<f32> =
         npy.into_vec().with_context(|| format!("input {}: cannot read its values", path.display()))?;
     Ok(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_numpy_float32_and_names_bad_files() {
+        let device = Device::flex();
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/vit_tiny/input.npy");
+        assert_eq!(read_batch(&fixture, &device).unwrap().dims(), [2, 3, 32, 32]);
+
+        let labels = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/detr_tiny/valid_mask.npy");
+        let err = read_batch(&labels, &device).unwrap_err().to_string();
+        assert!(err.contains("valid_mask.npy") && err.contains("float32"), "{err}");
+
+        let err = read_batch(std::path::Path::new("Cargo.toml"), &device).unwrap_err().to_string();
+        assert!(err.contains("Cargo.toml") && err.contains("not a .npy"), "{err}");
+    }
 }
