@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use zoo_infer::Inputs;
-use zoo_infer::bench::{BenchOptions, bench};
+use zoo_infer::bench::{BenchOptions, bench, bench_loader};
 use zoo_infer::demo::{DemoOptions, run_demo};
 use zoo_infer::eval::{eval_classifier, eval_detr};
 use zoo_train::{TrainOptions, train_classifier};
@@ -168,6 +168,9 @@ enum Command {
         /// Time a full training step (forward, backward, AdamW update).
         #[arg(long)]
         train: bool,
+        /// Time the training data loader alone over this class-folder set instead of the model.
+        #[arg(long)]
+        loader_data: Option<PathBuf>,
         /// DETR input height and width.
         #[arg(long, num_args = 2, default_values_t = [800, 1066])]
         detr_size: Vec<usize>,
@@ -289,9 +292,14 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", result.summary());
             }
         }
-        Command::Bench { config, batch, iters, warmup, train, detr_size, json, device } => {
+        Command::Bench { config, batch, iters, warmup, train, loader_data, detr_size, json, device } => {
             let device = select_device(device.device.as_deref())?;
             let cfg = ZooConfig::from_file(&config)?;
+            if let Some(data) = loader_data {
+                let rate = bench_loader(&cfg, &data, batch)?;
+                println!("training loader over {}: {rate:.1} images/s", data.display());
+                return Ok(());
+            }
             let options = BenchOptions { batch, iters, warmup, train, detr_size: (detr_size[0], detr_size[1]) };
             let r = bench(&cfg, &device, &options)?;
             if json {
