@@ -237,6 +237,16 @@ pub(crate) mod defaults {
     }
 }
 
+/// The image must cut into whole patches.
+pub(crate) fn check_patch_grid(image_size: usize, patch_size: usize) -> Result<(), String> {
+    if patch_size == 0 || image_size % patch_size != 0 {
+        return Err(format!(
+            "model.image_size = {image_size} must be a positive multiple of model.patch_size = {patch_size}"
+        ));
+    }
+    Ok(())
+}
+
 /// A config file that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

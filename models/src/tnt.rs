@@ -53,12 +53,7 @@ fn tnt_eps() -> f64 {
 
 impl TntConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
-            return Err(format!(
-                "model.image_size = {} must be a positive multiple of model.patch_size = {}",
-                self.image_size, self.patch_size
-            ));
-        }
+        crate::config::check_patch_grid(self.image_size, self.patch_size)?;
         for (name, dim, heads) in [
             ("embed_dim", self.embed_dim, self.num_heads_outer),
             ("inner_dim", self.inner_dim, self.num_heads_inner),

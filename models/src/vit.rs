@@ -52,12 +52,7 @@ fn vit_eps() -> f64 {
 
 impl VitConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
-            return Err(format!(
-                "model.image_size = {} must be a positive multiple of model.patch_size = {}",
-                self.image_size, self.patch_size
-            ));
-        }
+        crate::config::check_patch_grid(self.image_size, self.patch_size)?;
         if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
             return Err(format!(
                 "model.embed_dim = {} must be divisible by model.num_heads = {}",
