@@ -109,17 +109,6 @@ fn load_weights_with_head<M: Checkpoint>(mut model: M, path: &Path, new_head: Op
     Ok(model)
 }
 
-/// Reads every tensor of a `.safetensors` or PyTorch file as f32 (integer tensors kept as is).
-pub fn read_checkpoint_file(path: &Path) -> Result<Tensors, ImportError> {
-    if !path.is_file() {
-        return Err(ImportError::NotFound(path.to_path_buf()));
-    }
-    match format_of(path)? {
-        Format::Burnpack => Err(ImportError::Format(path.to_path_buf())),
-        format => read_checkpoint(path, format),
-    }
-}
-
 fn read_checkpoint(path: &Path, format: Format) -> Result<Tensors, ImportError> {
     let read_err = |message: String| ImportError::Read { path: path.to_path_buf(), message };
     let packs = match format {
