@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use image::RgbImage;
+use rayon::prelude::*;
 use serde::Serialize;
 use zoo_datasets::coco::COCO_CATEGORY_NAMES;
 use zoo_datasets::{DetrTransform, load_rgb, pad_batch};
@@ -110,17 +111,32 @@ pub fn detect(
         Inputs::Images(paths) => {
             let transform = DetrTransform::new(detr.eval_short_side, detr.eval_max_side, &config.data);
             for chunk in paths.chunks(config.eval.batch_size) {
-                let decoded = chunk.iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>, _>>()?;
-                let transformed: Vec<_> = decoded.iter().map(|img| transform.apply(img)).collect();
-                let sizes: Vec<_> = decoded.iter().map(|i| (i.height() as usize, i.width() as usize)).collect();
-                let (images, mask) = pad_batch(&transformed, device);
-                run(images, mask, &sizes)?;
-                pictures.extend(decoded);
+                let batch = load_batch(chunk, &transform, device)?;
+                run(batch.images, batch.mask, &batch.sizes)?;
+                pictures.extend(batch.decoded);
             }
             out.inputs = paths.iter().map(|p| p.display().to_string()).collect();
         }
     }
     Ok((out, pictures))
+}
+
+/// A padded batch of images as DETR's evaluation prepares them.
+pub struct DetrBatch {
+    pub images: Tensor<4>,
+    pub mask: Tensor<3, Bool>,
+    /// Original `(height, width)` of each image.
+    pub sizes: Vec<(usize, usize)>,
+    pub decoded: Vec<RgbImage>,
+}
+
+/// Decodes and transforms image files on all cores and pads them into one batch.
+pub fn load_batch(paths: &[PathBuf], transform: &DetrTransform, device: &Device) -> Result<DetrBatch> {
+    let decoded = paths.par_iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>, _>>()?;
+    let transformed: Vec<_> = decoded.par_iter().map(|img| transform.apply(img)).collect();
+    let sizes = decoded.iter().map(|i| (i.height() as usize, i.width() as usize)).collect();
+    let (images, mask) = pad_batch(&transformed, device);
+    Ok(DetrBatch { images, mask, sizes, decoded })
 }
 
 /// Draws each image's detections and writes `<out_dir>/<stem>.detections.png`; returns the paths.

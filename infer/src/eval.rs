@@ -7,9 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 use serde::Serialize;
-use zoo_datasets::{DetrTransform, EvalTransform, ImageFolder, load_rgb, pad_batch};
+use zoo_datasets::{DetrTransform, EvalTransform, ImageFolder};
 use zoo_models::ZooConfig;
 use zoo_models::detr::{Detr, postprocess};
 use zoo_train::classification::evaluate;
@@ -17,7 +16,7 @@ use zoo_train::loader::{Augment, Loader};
 
 use crate::classify::load_classifier;
 use crate::coco_eval::{CocoEvalResult, CocoGroundTruth, Detection, evaluate as coco_evaluate};
-use crate::detect::detr_config;
+use crate::detect::{detr_config, load_batch};
 
 fn bar(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64).with_prefix(what.to_string());
@@ -66,11 +65,9 @@ pub fn eval_detr(
     let progress = bar(files.len(), "eval");
     let mut results = Vec::new();
     for chunk in files.chunks(config.eval.batch_size) {
-        let decoded = chunk.par_iter().map(|(_, p)| load_rgb(p)).collect::<Result<Vec<_>, _>>()?;
-        let sizes: Vec<_> = decoded.iter().map(|i| (i.height() as usize, i.width() as usize)).collect();
-        let transformed: Vec<_> = decoded.par_iter().map(|i| transform.apply(i)).collect();
-        let (x, mask) = pad_batch(&transformed, device);
-        let dets = postprocess(&model.forward(x, mask), &sizes);
+        let paths: Vec<PathBuf> = chunk.iter().map(|(_, p)| p.clone()).collect();
+        let batch = load_batch(&paths, &transform, device)?;
+        let dets = postprocess(&model.forward(batch.images, batch.mask), &batch.sizes);
         for ((image_id, _), image_dets) in chunk.iter().zip(dets) {
             results.extend(image_dets.into_iter().map(|d| {
                 let [x0, y0, x1, y1] = d.bbox_xyxy.map(f64::from);
