@@ -73,11 +73,7 @@ pub fn bench(config: &ZooConfig, device: &Device, opts: &BenchOptions) -> Result
         }
         model_config => {
             let size = model_config.image_size().expect("classifiers have an input size");
-            let classes = match model_config {
-                ModelConfig::Vit(c) => c.num_classes,
-                ModelConfig::Tnt(c) => c.num_classes,
-                ModelConfig::Detr(_) => unreachable!(),
-            };
+            let classes = model_config.num_classes();
             let dist = burn::tensor::Distribution::Normal(0.0, 1.0);
             let s = if opts.train {
                 let device = device.clone().autodiff();
@@ -123,16 +119,8 @@ pub fn bench(config: &ZooConfig, device: &Device, opts: &BenchOptions) -> Result
 pub fn bench_loader(config: &ZooConfig, data: &std::path::Path, batch: usize) -> Result<f64> {
     let size = config.model.image_size().ok_or_else(|| anyhow::anyhow!("the loader benchmark is for classifiers"))?;
     let folder = zoo_datasets::ImageFolder::open(data, false)?;
-    let train = config.train.clone();
-    let mix = zoo_train::mix::MixConfig {
-        mixup_alpha: train.as_ref().map_or(0.8, |t| t.mixup_alpha),
-        cutmix_alpha: train.as_ref().map_or(1.0, |t| t.cutmix_alpha),
-        prob: train.as_ref().map_or(1.0, |t| t.mix_prob),
-        switch_prob: train.as_ref().map_or(0.5, |t| t.switch_prob),
-        smoothing: train.as_ref().map_or(0.1, |t| t.label_smoothing),
-    };
-    let transform = zoo_datasets::TrainTransform::new(size, train.as_ref().map_or(0.08, |t| t.scale_min), 0.5, &config.data);
-    let loader = zoo_train::loader::Loader::new(&folder, batch, size, zoo_train::loader::Augment::Train { transform, mix }, 0, false);
+    let augment = zoo_train::classification::train_augment(config, size);
+    let loader = zoo_train::loader::Loader::new(&folder, batch, size, augment, 0, false);
     let start = Instant::now();
     let mut images = 0;
     for b in loader.epoch(0) {

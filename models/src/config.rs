@@ -41,6 +41,15 @@ impl ModelConfig {
         }
     }
 
+    /// Classes the model predicts (for DETR, without its "no object" column).
+    pub fn num_classes(&self) -> usize {
+        match self {
+            ModelConfig::Vit(c) => c.num_classes,
+            ModelConfig::Tnt(c) => c.num_classes,
+            ModelConfig::Detr(c) => c.num_classes,
+        }
+    }
+
     /// The square input size of a classifier; DETR takes images of any size.
     pub fn image_size(&self) -> Option<usize> {
         match self {

@@ -144,6 +144,21 @@ pub fn evaluate(model: &Classifier, loader: &Loader, device: &Device, quiet: boo
     Ok((loss_sum / n as f64, top1 as f64 / n as f64, top5 as f64 / n as f64))
 }
 
+/// The training augmentation of a config's `[train]` section; without one, DeiT's (random
+/// resized crop from 8%, flip, mixup 0.8 / CutMix 1.0, label smoothing 0.1).
+pub fn train_augment(config: &ZooConfig, size: usize) -> Augment {
+    let train = config.train.as_ref();
+    let mix = MixConfig {
+        mixup_alpha: train.map_or(0.8, |t| t.mixup_alpha),
+        cutmix_alpha: train.map_or(1.0, |t| t.cutmix_alpha),
+        prob: train.map_or(1.0, |t| t.mix_prob),
+        switch_prob: train.map_or(0.5, |t| t.switch_prob),
+        smoothing: train.map_or(0.1, |t| t.label_smoothing),
+    };
+    let (scale_min, hflip) = train.map_or((0.08, 0.5), |t| (t.scale_min, t.hflip));
+    Augment::Train { transform: TrainTransform::new(size, scale_min, hflip, &config.data), mix }
+}
+
 fn loaders(config: &ZooConfig) -> Result<(Loader, Loader, Vec<String>)> {
     let cfg = config.train.as_ref().context("the config has no [train] section")?;
     let size = config.model.image_size().context("only classifiers are trained by this loop")?;
@@ -158,26 +173,10 @@ fn loaders(config: &ZooConfig) -> Result<(Loader, Loader, Vec<String>)> {
             val.classes.len()
         );
     }
-    let mix = MixConfig {
-        mixup_alpha: cfg.mixup_alpha,
-        cutmix_alpha: cfg.cutmix_alpha,
-        prob: cfg.mix_prob,
-        switch_prob: cfg.switch_prob,
-        smoothing: cfg.label_smoothing,
-    };
-    let transform = TrainTransform::new(size, cfg.scale_min, cfg.hflip, &config.data);
-    let train_loader = Loader::new(&train, cfg.batch_size, size, Augment::Train { transform, mix }, cfg.seed, cfg.skip_bad_images);
+    let train_loader = Loader::new(&train, cfg.batch_size, size, train_augment(config, size), cfg.seed, cfg.skip_bad_images);
     let eval = Augment::Eval(EvalTransform::new(size, &config.data));
     let val_loader = Loader::new(&val, config.eval.batch_size, size, eval, cfg.seed, cfg.skip_bad_images);
     Ok((train_loader, val_loader, train.classes))
-}
-
-fn num_classes(config: &ZooConfig) -> usize {
-    match &config.model {
-        zoo_models::ModelConfig::Vit(c) => c.num_classes,
-        zoo_models::ModelConfig::Tnt(c) => c.num_classes,
-        zoo_models::ModelConfig::Detr(c) => c.num_classes,
-    }
 }
 
 /// Trains the classifier of `config` on `device`, writing checkpoints, `metrics.jsonl`,
@@ -185,10 +184,10 @@ fn num_classes(config: &ZooConfig) -> usize {
 pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions) -> Result<TrainReport> {
     let cfg = config.train.as_ref().context("the config has no [train] section")?;
     let (train_loader, val_loader, classes) = loaders(config)?;
-    if num_classes(config) != classes.len() {
+    if config.model.num_classes() != classes.len() {
         bail!(
             "model.num_classes = {} but {} has {} class folders",
-            num_classes(config),
+            config.model.num_classes(),
             cfg.train_dir.display(),
             classes.len()
         );
