@@ -18,7 +18,7 @@ build:
 demo: build
     {{zoo}} demo
 
-# Train a model: just train vit configs/vit_b16.toml [--resume]
+# Train a model: just train vit configs/vit_b16.toml [--resume] | just train detr configs/detr_r50.toml
 train model config *args: build (_check-arch model config)
     {{zoo}} train --config {{config}} {{args}}
 

@@ -1,4 +1,75 @@
-//! COCO's object categories.
+//! COCO's object categories, and a COCO detection set (instances JSON + image folder) as
+//! DETR's training reads it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::DataError;
+use crate::coco_eval::CocoGroundTruth;
+
+/// One annotated box in pixels of its image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CocoBox {
+    pub category_id: u64,
+    /// `[x, y, width, height]`, as the annotation file gives it.
+    pub bbox: [f64; 4],
+    pub crowd: bool,
+}
+
+/// One image of a detection set and its annotations.
+#[derive(Debug, Clone)]
+pub struct CocoSample {
+    pub image_id: u64,
+    pub path: PathBuf,
+    pub annotations: Vec<CocoBox>,
+}
+
+/// A COCO detection set: every image the annotation file lists (ids ascending), with its boxes.
+#[derive(Debug, Clone)]
+pub struct CocoDetection {
+    pub annotations_file: PathBuf,
+    pub samples: Vec<CocoSample>,
+    /// Category ids and names, ascending.
+    pub categories: Vec<(u64, String)>,
+}
+
+impl CocoDetection {
+    /// Reads `instances_*.json`; the images are `images/<file_name>`. Every listed image must
+    /// exist, and the set must not be empty.
+    pub fn open(annotations_json: &Path, images: &Path) -> Result<Self, DataError> {
+        let gt = CocoGroundTruth::from_file(annotations_json).map_err(|e| DataError::Invalid(e.to_string()))?;
+        let mut by_image: BTreeMap<u64, Vec<CocoBox>> = gt.image_ids().into_iter().map(|id| (id, vec![])).collect();
+        for (image_id, category_id, bbox, crowd) in gt.boxes() {
+            by_image.entry(image_id).or_default().push(CocoBox { category_id, bbox, crowd });
+        }
+        let samples = by_image
+            .into_iter()
+            .map(|(image_id, annotations)| {
+                let name = gt.file_name(image_id).ok_or_else(|| {
+                    DataError::Invalid(format!("{}: image {image_id} has no file_name", annotations_json.display()))
+                })?;
+                let path = images.join(name);
+                if !path.is_file() {
+                    return Err(DataError::Invalid(format!(
+                        "{}: image {image_id} is {}, which does not exist",
+                        annotations_json.display(),
+                        path.display()
+                    )));
+                }
+                Ok(CocoSample { image_id, path, annotations })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if samples.is_empty() {
+            return Err(DataError::Invalid(format!("{} lists no images", annotations_json.display())));
+        }
+        Ok(Self { annotations_file: annotations_json.to_path_buf(), samples, categories: gt.categories().to_vec() })
+    }
+
+    /// The largest category id, which a detector's `num_classes` must exceed.
+    pub fn max_category_id(&self) -> u64 {
+        self.categories.iter().map(|&(id, _)| id).max().unwrap_or(0)
+    }
+}
 
 /// COCO 2017 category names indexed by category id (0 and the ten unused ids are "N/A"), the
 /// label space of DETR's COCO checkpoints (91 classes).

@@ -1,11 +1,181 @@
-//! DETR's evaluation transform and padded batches: resize the shorter side to 800 unless the
-//! longer would pass 1333 (PIL bilinear), normalise, zero-pad bottom/right to the batch maximum
-//! with a mask that is true on the padding.
+//! DETR's transforms and padded batches. Evaluation: resize the shorter side to 800 unless the
+//! longer would pass 1333 (PIL bilinear), normalise. Training (facebookresearch/detr's
+//! `make_coco_transforms("train")`): horizontal flip, then with even odds either a multi-scale
+//! resize, or a resize to 400/500/600, a random crop of 384-600 pixels and the multi-scale resize;
+//! the boxes follow the image through each step. Batches are zero-padded bottom/right to the
+//! largest image, with a mask that is true on the padding.
 
 use burn::prelude::*;
 use image::RgbImage;
-use zoo_models::config::DataConfig;
+use rand::Rng;
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use zoo_models::config::{DataConfig, DetrAugmentConfig};
 use zoo_models::resample::{Filter, resize_rgb8};
+
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+
+use crate::coco::CocoBox;
+use crate::{DataError, load_rgb};
+
+/// One image's targets as DETR's loss takes them: class indices (COCO category ids) and
+/// (cx, cy, w, h) boxes normalised by the transformed image's size.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DetrTarget {
+    pub labels: Vec<usize>,
+    pub boxes: Vec<[f32; 4]>,
+}
+
+/// Boxes in pixels, `[x0, y0, x1, y1]`, with their labels, while the image is being transformed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PixelBoxes {
+    pub labels: Vec<usize>,
+    pub boxes: Vec<[f32; 4]>,
+}
+
+impl PixelBoxes {
+    /// DETR's `ConvertCocoPolysToMask` for boxes: crowd regions left out, `[x, y, w, h]` to
+    /// corners clamped to the image, boxes without area dropped.
+    pub fn from_coco(annotations: &[CocoBox], (height, width): (usize, usize)) -> Self {
+        let (w, h) = (width as f32, height as f32);
+        let mut out = Self::default();
+        for a in annotations.iter().filter(|a| !a.crowd) {
+            let [x, y, bw, bh] = a.bbox.map(|v| v as f32);
+            let b = [x.clamp(0.0, w), y.clamp(0.0, h), (x + bw).clamp(0.0, w), (y + bh).clamp(0.0, h)];
+            if b[2] > b[0] && b[3] > b[1] {
+                out.labels.push(a.category_id as usize);
+                out.boxes.push(b);
+            }
+        }
+        out
+    }
+
+    fn scale(&mut self, sx: f32, sy: f32) {
+        for b in &mut self.boxes {
+            *b = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy];
+        }
+    }
+
+    /// Normalised (cx, cy, w, h) for an image of `(height, width)`.
+    pub fn to_target(&self, (height, width): (usize, usize)) -> DetrTarget {
+        let (w, h) = (width as f32, height as f32);
+        let boxes = self.boxes.iter().map(|b| [(b[0] + b[2]) / 2.0 / w, (b[1] + b[3]) / 2.0 / h, (b[2] - b[0]) / w, (b[3] - b[1]) / h]).collect();
+        DetrTarget { labels: self.labels.clone(), boxes }
+    }
+}
+
+/// facebookresearch/detr's `get_size_with_aspect_ratio`: `(height, width)` once the shorter
+/// side is `size`, or less when the longer side would pass `max_size`.
+pub fn detr_resized_dims((h, w): (usize, usize), size: usize, max_size: Option<usize>) -> (usize, usize) {
+    let mut size = size;
+    if let Some(max_size) = max_size {
+        let (min_side, max_side) = (h.min(w) as f64, h.max(w) as f64);
+        if max_side / min_side * size as f64 > max_size as f64 {
+            // Python's round() rounds half to even.
+            size = (max_size as f64 * min_side / max_side).round_ties_even() as usize;
+        }
+    }
+    if (w <= h && w == size) || (h <= w && h == size) {
+        return (h, w);
+    }
+    if w < h { ((size as f64 * h as f64 / w as f64) as usize, size) } else { (size, (size as f64 * w as f64 / h as f64) as usize) }
+}
+
+/// Channel-major normalised values of an RGB image.
+fn normalise(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> DetrImage {
+    let (height, width) = (img.height() as usize, img.width() as usize);
+    let mut values = vec![0f32; 3 * height * width];
+    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            values[c * height * width + i] = (px[c] as f32 / 255.0 - mean[c]) / std[c];
+        }
+    }
+    DetrImage { values, height, width }
+}
+
+fn resize(img: &RgbImage, (height, width): (usize, usize)) -> RgbImage {
+    let (h, w) = (img.height() as usize, img.width() as usize);
+    if (h, w) == (height, width) {
+        return img.clone();
+    }
+    let resized = resize_rgb8(img.as_raw(), (h, w), (height, width), Filter::Bilinear);
+    RgbImage::from_raw(width as u32, height as u32, resized).expect("resize returns height * width pixels")
+}
+
+/// DETR's training augmentation.
+#[derive(Debug, Clone)]
+pub struct DetrTrainTransform {
+    pub augment: DetrAugmentConfig,
+    pub hflip: f64,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl DetrTrainTransform {
+    pub fn new(augment: &DetrAugmentConfig, hflip: f64, data: &DataConfig) -> Self {
+        Self { augment: augment.clone(), hflip, mean: data.mean, std: data.std }
+    }
+
+    /// `RandomResize(sizes, max_size)`: a random shorter side, the boxes scaled with the image.
+    fn random_resize(img: &RgbImage, boxes: &mut PixelBoxes, sizes: &[usize], max_size: Option<usize>, rng: &mut StdRng) -> RgbImage {
+        let size = *sizes.choose(rng).expect("validated: at least one size");
+        let (h, w) = (img.height() as usize, img.width() as usize);
+        let (nh, nw) = detr_resized_dims((h, w), size, max_size);
+        boxes.scale(nw as f32 / w as f32, nh as f32 / h as f32);
+        resize(img, (nh, nw))
+    }
+
+    /// `RandomSizeCrop(min, max)`: a crop of random width and height in `[min, min(side, max)]`
+    /// at a random place; boxes are cut to it and those left without area dropped.
+    fn random_size_crop(&self, img: &RgbImage, boxes: &mut PixelBoxes, rng: &mut StdRng) -> RgbImage {
+        let [lo, hi] = self.augment.crop_size;
+        let (h, w) = (img.height() as usize, img.width() as usize);
+        let pick = |side: usize, rng: &mut StdRng| {
+            let top = side.min(hi);
+            rng.random_range(lo.min(top)..=top)
+        };
+        let cw = pick(w, rng);
+        let ch = pick(h, rng);
+        let top = rng.random_range(0..=h - ch);
+        let left = rng.random_range(0..=w - cw);
+        let mut kept = PixelBoxes::default();
+        for (&label, b) in boxes.labels.iter().zip(&boxes.boxes) {
+            let (l, t) = (left as f32, top as f32);
+            let c = [(b[0] - l).clamp(0.0, cw as f32), (b[1] - t).clamp(0.0, ch as f32), (b[2] - l).clamp(0.0, cw as f32), (b[3] - t).clamp(0.0, ch as f32)];
+            if c[2] > c[0] && c[3] > c[1] {
+                kept.labels.push(label);
+                kept.boxes.push(c);
+            }
+        }
+        *boxes = kept;
+        image::imageops::crop_imm(img, left as u32, top as u32, cw as u32, ch as u32).to_image()
+    }
+
+    /// The augmented, normalised image and its targets.
+    pub fn apply(&self, img: &RgbImage, boxes: &PixelBoxes, rng: &mut StdRng) -> (DetrImage, DetrTarget) {
+        let a = &self.augment;
+        let mut boxes = boxes.clone();
+        let mut img = if rng.random_bool(self.hflip) {
+            let w = img.width() as f32;
+            for b in &mut boxes.boxes {
+                *b = [w - b[2], b[1], w - b[0], b[3]];
+            }
+            image::imageops::flip_horizontal(img)
+        } else {
+            img.clone()
+        };
+        if !a.crop_scales.is_empty() && rng.random_bool(0.5) {
+            img = Self::random_resize(&img, &mut boxes, &a.crop_scales, None, rng);
+            img = self.random_size_crop(&img, &mut boxes, rng);
+        }
+        img = Self::random_resize(&img, &mut boxes, &a.scales, Some(a.max_size), rng);
+        let out = normalise(&img, self.mean, self.std);
+        let target = boxes.to_target((out.height, out.width));
+        (out, target)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct DetrTransform {
@@ -28,36 +198,33 @@ impl DetrTransform {
         Self { short_side, max_side, mean: data.mean, std: data.std }
     }
 
-    /// facebookresearch/detr's `get_size_with_aspect_ratio`: `(height, width)` after resizing.
-    pub fn resized_dims(&self, (h, w): (usize, usize)) -> (usize, usize) {
-        let (min_side, max_side) = (h.min(w) as f64, h.max(w) as f64);
-        let mut size = self.short_side;
-        if max_side / min_side * size as f64 > self.max_side as f64 {
-            // Python's round() rounds half to even.
-            size = (self.max_side as f64 * min_side / max_side).round_ties_even() as usize;
-        }
-        if (w <= h && w == size) || (h <= w && h == size) {
-            return (h, w);
-        }
-        if w < h {
-            ((size as f64 * h as f64 / w as f64) as usize, size)
-        } else {
-            (size, (size as f64 * w as f64 / h as f64) as usize)
-        }
+    /// `(height, width)` after the resize.
+    pub fn resized_dims(&self, dims: (usize, usize)) -> (usize, usize) {
+        detr_resized_dims(dims, self.short_side, Some(self.max_side))
     }
 
     pub fn apply(&self, img: &RgbImage) -> DetrImage {
-        let (h, w) = (img.height() as usize, img.width() as usize);
-        let (height, width) = self.resized_dims((h, w));
-        let resized = resize_rgb8(img.as_raw(), (h, w), (height, width), Filter::Bilinear);
-        let mut values = vec![0f32; 3 * height * width];
-        for (i, px) in resized.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                values[c * height * width + i] = (px[c] as f32 / 255.0 - self.mean[c]) / self.std[c];
-            }
-        }
-        DetrImage { values, height, width }
+        let dims = self.resized_dims((img.height() as usize, img.width() as usize));
+        normalise(&resize(img, dims), self.mean, self.std)
     }
+}
+
+/// A padded batch of images as DETR's evaluation prepares them.
+pub struct DetrBatch {
+    pub images: Tensor<4>,
+    pub mask: Tensor<3, Bool>,
+    /// Original `(height, width)` of each image.
+    pub sizes: Vec<(usize, usize)>,
+    pub decoded: Vec<RgbImage>,
+}
+
+/// Decodes and transforms image files on all cores and pads them into one batch.
+pub fn load_batch(paths: &[PathBuf], transform: &DetrTransform, device: &Device) -> Result<DetrBatch, DataError> {
+    let decoded = paths.par_iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>, _>>()?;
+    let transformed: Vec<_> = decoded.par_iter().map(|img| transform.apply(img)).collect();
+    let sizes = decoded.iter().map(|i| (i.height() as usize, i.width() as usize)).collect();
+    let (images, mask) = pad_batch(&transformed, device);
+    Ok(DetrBatch { images, mask, sizes, decoded })
 }
 
 /// Zero-pads images bottom/right to the largest height and width among them: the batch

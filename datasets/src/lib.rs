@@ -1,13 +1,16 @@
 //! Data for the zoo: image decoding, the models' transforms, batching.
 
 pub mod coco;
+pub mod coco_eval;
 pub mod detection;
 pub mod folder;
 pub mod generate;
+pub mod generate_detection;
 pub mod image_io;
 pub mod transforms;
 
-pub use detection::{DetrImage, DetrTransform, pad_batch};
+pub use coco::CocoDetection;
+pub use detection::{DetrImage, DetrTarget, DetrTrainTransform, DetrTransform, PixelBoxes, pad_batch};
 pub use folder::ImageFolder;
 pub use image_io::{DataError, load_rgb};
 pub use transforms::{EvalTransform, TrainTransform};

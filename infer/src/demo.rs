@@ -1,6 +1,8 @@
-//! `zoo demo`: the whole path on a fresh machine with nothing downloaded. Generates the shapes
+//! `zoo demo`: the whole path on a fresh machine with nothing downloaded. Generates the textures
 //! dataset, trains a small ViT on it for a few minutes with progress, evaluates the best
-//! checkpoint and classifies held-out images it has never seen.
+//! checkpoint and classifies held-out images it has never seen; then generates the objects
+//! dataset (COCO layout), trains a tiny DETR on it, scores it with COCO AP and draws its
+//! detections on validation images.
 
 use std::path::{Path, PathBuf};
 
@@ -9,39 +11,63 @@ use burn::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use zoo_datasets::generate::{SHAPES, generate_shapes, shape_image};
+use zoo_datasets::generate_detection::{OBJECTS, generate_objects};
 use zoo_models::{Classifier, ZooConfig};
+use zoo_train::detection::train_detr;
 use zoo_train::{TrainOptions, train_classifier};
 
 use crate::Inputs;
 use crate::classify::classify;
+use crate::detect::{detect, draw_detections, load_detr};
 
-/// The demo's config (also at `configs/demo_vit.toml`).
+/// The demo's configs (also at `configs/demo_vit.toml` and `configs/demo_detr.toml`).
 pub const DEMO_CONFIG: &str = include_str!("../../configs/demo_vit.toml");
+pub const DEMO_DETR_CONFIG: &str = include_str!("../../configs/demo_detr.toml");
 
 pub struct DemoOptions {
     pub out: PathBuf,
     pub epochs: Option<usize>,
     pub train_per_class: usize,
+    /// DETR epochs (the config's when not given); 0 skips the detector.
+    pub detr_epochs: Option<usize>,
     pub quiet: bool,
 }
 
-/// Runs the demo; returns the best validation top-1 (a fraction).
-pub fn run_demo(opts: &DemoOptions, device: &Device) -> Result<f64> {
-    let data = opts.out.join("data");
+/// What the demo reached.
+pub struct DemoReport {
+    /// The ViT's best validation top-1 (a fraction).
+    pub top1: f64,
+    /// The DETR's best validation AP and AP50, when it was trained.
+    pub detr_ap: Option<(f64, f64)>,
+}
+
+/// Runs the demo.
+pub fn run_demo(opts: &DemoOptions, device: &Device) -> Result<DemoReport> {
+    let top1 = run_classifier_demo(opts, device)?;
+    let detr_ap = match opts.detr_epochs {
+        Some(0) => None,
+        epochs => Some(run_detector_demo(&opts.out, epochs, opts.quiet, device)?),
+    };
+    Ok(DemoReport { top1, detr_ap })
+}
+
+/// The classifier half: returns the best validation top-1.
+fn run_classifier_demo(opts: &DemoOptions, device: &Device) -> Result<f64> {
+    let data = opts.out.join("data").join("textures");
     let mut config = ZooConfig::from_toml_str(DEMO_CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
     let train = config.train.as_mut().context("demo config has a [train] section")?;
     train.train_dir = data.join("train");
     train.val_dir = data.join("val");
-    train.output_dir = opts.out.join("run");
+    train.output_dir = opts.out.join("run_vit");
     if let Some(e) = opts.epochs {
         train.epochs = e;
         train.warmup_epochs = train.warmup_epochs.min(e - 1);
     }
     let size = config.model.image_size().expect("the demo model is a classifier") as u32;
-    if opts.out.join("run").exists() {
-        std::fs::remove_dir_all(opts.out.join("run"))?;
+    if train.output_dir.exists() {
+        std::fs::remove_dir_all(&train.output_dir)?;
     }
-    eprintln!("generating the shapes dataset ({} classes) in {}", SHAPES.len(), data.display());
+    eprintln!("generating the textures dataset ({} classes) in {}", SHAPES.len(), data.display());
     generate_shapes(&data, SHAPES.len(), opts.train_per_class, opts.train_per_class / 4, size, 7)?;
 
     eprintln!("training a small ViT on {} ({:?})", data.display(), device);
@@ -72,15 +98,63 @@ pub fn run_demo(opts: &DemoOptions, device: &Device) -> Result<f64> {
     let correct = result.top_k.iter().zip(SHAPES).filter(|(top, name)| top[0].label.as_deref() == Some(*name)).count();
     println!("held-out images classified by the best checkpoint ({correct}/{} right):", SHAPES.len());
     print!("{}", result.to_text());
-    print_locations(&opts.out, &report.output_dir, &held_out);
+    print_locations(&data, &report.output_dir, "held-out", &held_out);
     Ok(report.best_top1)
 }
 
-fn print_locations(out: &Path, run: &Path, held_out: &Path) {
+/// The detector half: returns the best validation AP and the AP50 of that epoch.
+fn run_detector_demo(out: &Path, epochs: Option<usize>, quiet: bool, device: &Device) -> Result<(f64, f64)> {
+    let data = out.join("data").join("objects");
+    let mut config = ZooConfig::from_toml_str(DEMO_DETR_CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
+    let train = config.train.as_mut().context("demo config has a [train] section")?;
+    train.train_dir = data.join("train");
+    train.val_dir = data.join("val");
+    train.output_dir = out.join("run_detr");
+    if let Some(e) = epochs {
+        train.epochs = e;
+        train.lr_drop = train.lr_drop.map(|d| d.min(e));
+    }
+    if train.output_dir.exists() {
+        std::fs::remove_dir_all(&train.output_dir)?;
+    }
+    eprintln!("generating the objects dataset ({}) in {}", OBJECTS.join(", "), data.display());
+    let [train_json, val_json] = generate_objects(&data, 192, 48, 5)?;
+    (train.train_annotations, train.val_annotations) = (Some(train_json), Some(val_json.clone()));
+
+    eprintln!("training a tiny DETR on {} ({:?})", data.display(), device);
+    let report = train_detr(&config, device, &TrainOptions { quiet, ..Default::default() })?;
+    let best = &report.epochs[report.best_epoch.max(1) - 1];
+    eprintln!("best validation AP {:.3} (AP50 {:.3}) at epoch {}", report.best_ap, best.val_ap50, report.best_epoch);
+
+    // Class names by category id: 0 is unused, as in COCO.
+    let labels = report.output_dir.join("classes.txt");
+    std::fs::write(&labels, std::iter::once("N/A").chain(OBJECTS).collect::<Vec<_>>().join("\n") + "\n")?;
+    config.data.labels = Some(labels);
+    let model = load_detr(&config, Path::new(DEMO_DETR_CONFIG_NAME), &report.best_model, device)?;
+    let images: Vec<PathBuf> = (1..=4).map(|i| data.join("val").join(format!("{i:06}.png"))).collect();
+    let (mut result, pictures) = detect(&model, &config, Path::new(DEMO_DETR_CONFIG_NAME), &Inputs::Images(images), 0.5, device)?;
+    // Small images: draw on a 3x enlargement so that the labels can be read.
+    const ZOOM: u32 = 3;
+    let pictures = pictures
+        .into_iter()
+        .map(|p| image::imageops::resize(&p, p.width() * ZOOM, p.height() * ZOOM, image::imageops::FilterType::Nearest))
+        .collect();
+    for d in result.detections.iter_mut().flatten() {
+        d.bbox = d.bbox.map(|v| v * ZOOM as f32);
+    }
+    print!("{}", result.to_text());
+    let drawn = draw_detections(&result, pictures, &report.output_dir.join("detections"))?;
+    print_locations(&data, &report.output_dir, "detections", drawn[0].parent().expect("a folder"));
+    Ok((report.best_ap, best.val_ap50))
+}
+
+const DEMO_DETR_CONFIG_NAME: &str = "configs/demo_detr.toml";
+
+fn print_locations(data: &Path, run: &Path, what: &str, pictures: &Path) {
     println!("written:");
-    println!("  dataset      {}", out.join("data").display());
+    println!("  dataset      {}", data.display());
     println!("  metrics      {}", run.join("metrics.jsonl").display());
     println!("  checkpoints  {}", run.join("checkpoints").display());
     println!("  best model   {}", run.join("best.bpk").display());
-    println!("  held-out     {}", held_out.display());
+    println!("  {what:<12} {}", pictures.display());
 }

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use image::RgbImage;
-use rayon::prelude::*;
 use serde::Serialize;
 use zoo_datasets::coco::COCO_CATEGORY_NAMES;
-use zoo_datasets::{DetrTransform, load_rgb, pad_batch};
+use zoo_datasets::detection::load_batch;
+use zoo_datasets::DetrTransform;
 use zoo_models::detr::{Detr, DetrConfig, postprocess};
 use zoo_models::{ModelConfig, ZooConfig, load_weights};
 
@@ -119,24 +119,6 @@ pub fn detect(
         }
     }
     Ok((out, pictures))
-}
-
-/// A padded batch of images as DETR's evaluation prepares them.
-pub struct DetrBatch {
-    pub images: Tensor<4>,
-    pub mask: Tensor<3, Bool>,
-    /// Original `(height, width)` of each image.
-    pub sizes: Vec<(usize, usize)>,
-    pub decoded: Vec<RgbImage>,
-}
-
-/// Decodes and transforms image files on all cores and pads them into one batch.
-pub fn load_batch(paths: &[PathBuf], transform: &DetrTransform, device: &Device) -> Result<DetrBatch> {
-    let decoded = paths.par_iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>, _>>()?;
-    let transformed: Vec<_> = decoded.par_iter().map(|img| transform.apply(img)).collect();
-    let sizes = decoded.iter().map(|i| (i.height() as usize, i.width() as usize)).collect();
-    let (images, mask) = pad_batch(&transformed, device);
-    Ok(DetrBatch { images, mask, sizes, decoded })
 }
 
 /// Draws each image's detections and writes `<out_dir>/<stem>.detections.png`; returns the paths.

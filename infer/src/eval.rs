@@ -10,13 +10,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use zoo_datasets::{DetrTransform, EvalTransform, ImageFolder};
 use zoo_models::ZooConfig;
-use zoo_models::detr::{Detr, postprocess};
+use zoo_models::detr::Detr;
 use zoo_train::classification::evaluate;
+use zoo_train::detection::coco_detections;
 use zoo_train::loader::{Augment, Loader};
 
 use crate::classify::load_classifier;
-use crate::coco_eval::{CocoEvalResult, CocoGroundTruth, Detection, evaluate as coco_evaluate};
-use crate::detect::{detr_config, load_batch};
+use crate::coco_eval::{CocoEvalResult, CocoGroundTruth, evaluate as coco_evaluate};
+use crate::detect::detr_config;
 
 fn bar(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64).with_prefix(what.to_string());
@@ -62,31 +63,17 @@ pub fn eval_detr(
         })
         .collect::<Result<_>>()?;
     let transform = DetrTransform::new(detr.eval_short_side, detr.eval_max_side, &config.data);
-    let progress = bar(files.len(), "eval");
-    let mut results = Vec::new();
-    for chunk in files.chunks(config.eval.batch_size) {
-        let paths: Vec<PathBuf> = chunk.iter().map(|(_, p)| p.clone()).collect();
-        let batch = load_batch(&paths, &transform, device)?;
-        let dets = postprocess(&model.forward(batch.images, batch.mask), &batch.sizes);
-        for ((image_id, _), image_dets) in chunk.iter().zip(dets) {
-            results.extend(image_dets.into_iter().map(|d| {
-                let [x0, y0, x1, y1] = d.bbox_xyxy.map(f64::from);
-                CocoResult { image_id: *image_id, category_id: d.label as u64, bbox: [x0, y0, x1 - x0, y1 - y0], score: d.score as f64 }
-            }));
-        }
-        progress.inc(chunk.len() as u64);
-    }
-    progress.finish();
+    let dets = coco_detections(model, &files, &transform, config.eval.batch_size, device, &bar(files.len(), "eval"))?;
     if let Some(path) = results_out {
+        let results: Vec<CocoResult> = dets
+            .iter()
+            .map(|d| CocoResult { image_id: d.image_id, category_id: d.category_id, bbox: d.bbox, score: d.score })
+            .collect();
         let text = serde_json::to_string(&results)?;
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {} ({} detections)", path.display(), results.len());
     }
     // Like pycocotools, detections of categories the ground truth does not have are not scored.
-    let dets: Vec<Detection> = results
-        .iter()
-        .map(|r| Detection { image_id: r.image_id, category_id: r.category_id, bbox: r.bbox, score: r.score })
-        .collect();
     Ok(coco_evaluate(&gt, &dets))
 }
 

@@ -2,13 +2,15 @@
 
 pub mod bench;
 pub mod classify;
-pub mod coco_eval;
 pub mod demo;
 pub mod detect;
 pub mod device;
 pub mod draw;
 pub mod eval;
 pub mod npy;
+
+/// COCO evaluation lives with the datasets (training scores with it too).
+pub use zoo_datasets::coco_eval;
 
 use std::path::PathBuf;
 

@@ -8,6 +8,7 @@ use zoo_infer::Inputs;
 use zoo_infer::bench::{BenchOptions, bench, bench_loader};
 use zoo_infer::demo::{DemoOptions, run_demo};
 use zoo_infer::eval::{eval_classifier, eval_detr};
+use zoo_train::detection::train_detr;
 use zoo_train::{TrainOptions, train_classifier};
 use zoo_infer::classify::{classify, load_classifier};
 use zoo_infer::detect::{detect, draw_detections, load_detr};
@@ -71,7 +72,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Train a classifier (ViT, TNT) as its config's [train] section says, with checkpoints.
+    /// Train a model (ViT, TNT on class folders; DETR on a COCO set) as its config's [train]
+    /// section says, with checkpoints and validation every epoch.
     Train {
         #[arg(long)]
         config: PathBuf,
@@ -81,7 +83,8 @@ enum Command {
         #[command(flatten)]
         device: DeviceArg,
     },
-    /// Generate a small dataset, train a small ViT on it, evaluate it, classify held-out images.
+    /// Generate small datasets, train a small ViT and a tiny DETR on them, evaluate both,
+    /// classify held-out images and draw the detector's boxes.
     Demo {
         /// Where the dataset, the run and the held-out images go.
         #[arg(long, default_value = "out/demo")]
@@ -92,6 +95,9 @@ enum Command {
         /// Generated training images per class (a quarter as many for validation).
         #[arg(long, default_value_t = 160)]
         train_per_class: usize,
+        /// DETR epochs (default: the embedded config's); 0 skips the detector.
+        #[arg(long)]
+        detr_epochs: Option<usize>,
         #[command(flatten)]
         device: DeviceArg,
     },
@@ -208,18 +214,30 @@ fn run(cli: Cli) -> Result<()> {
             let device = select_device(device.device.as_deref())?;
             let cfg = ZooConfig::from_file(&config)?;
             let options = TrainOptions { resume, ..Default::default() };
-            let report = train_classifier(&cfg, &device, &options).with_context(|| format!("training {}", config.display()))?;
-            println!(
-                "best validation top-1 {:.2}% at epoch {}; weights: {} (best), {} (last)",
-                100.0 * report.best_top1,
-                report.best_epoch,
-                report.best_model.display(),
-                report.last_model.display()
-            );
+            let context = || format!("training {}", config.display());
+            if let ModelConfig::Detr(_) = cfg.model {
+                let report = train_detr(&cfg, &device, &options).with_context(context)?;
+                println!(
+                    "best validation AP {:.3} at epoch {}; weights: {} (best), {} (last)",
+                    report.best_ap,
+                    report.best_epoch,
+                    report.best_model.display(),
+                    report.last_model.display()
+                );
+            } else {
+                let report = train_classifier(&cfg, &device, &options).with_context(context)?;
+                println!(
+                    "best validation top-1 {:.2}% at epoch {}; weights: {} (best), {} (last)",
+                    100.0 * report.best_top1,
+                    report.best_epoch,
+                    report.best_model.display(),
+                    report.last_model.display()
+                );
+            }
         }
-        Command::Demo { out, epochs, train_per_class, device } => {
+        Command::Demo { out, epochs, train_per_class, detr_epochs, device } => {
             let device = select_device(device.device.as_deref())?;
-            let options = DemoOptions { out, epochs, train_per_class, quiet: false };
+            let options = DemoOptions { out, epochs, train_per_class, detr_epochs, quiet: false };
             run_demo(&options, &device)?;
         }
         Command::Detect { run, threshold, out, json } => {

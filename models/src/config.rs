@@ -156,7 +156,8 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     #[serde(default)]
     pub label_smoothing: f64,
-    /// Clip each parameter's gradient to this L2 norm; 0 turns clipping off.
+    /// Scale the gradients down when their global L2 norm (over every parameter, as
+    /// `torch.nn.utils.clip_grad_norm_`) exceeds this; 0 turns clipping off.
     #[serde(default)]
     pub grad_clip: f64,
     /// Optimizer steps every `grad_accum` batches.
@@ -188,6 +189,69 @@ pub struct TrainConfig {
     /// Skip images that cannot be decoded (reported and counted) instead of stopping.
     #[serde(default)]
     pub skip_bad_images: bool,
+    /// Step schedule instead of warmup + cosine: the learning rate is multiplied by 0.1 after
+    /// this many epochs (DETR: 200 of 300).
+    #[serde(default)]
+    pub lr_drop: Option<usize>,
+    /// Detection: COCO `instances_*.json` of the training images (`train_dir`) and of the
+    /// validation images (`val_dir`), relative to the config file.
+    #[serde(default)]
+    pub train_annotations: Option<PathBuf>,
+    #[serde(default)]
+    pub val_annotations: Option<PathBuf>,
+    /// Detection: torchvision ResNet weights (the ImageNet `resnet50-0676ba61.pth` for DETR-R50)
+    /// for the backbone of a model trained from the start, as DETR does; relative to the config.
+    #[serde(default)]
+    pub backbone_init: Option<PathBuf>,
+    /// Detection: learning rate of the backbone (DETR: 1e-5 against 1e-4 for the rest).
+    #[serde(default)]
+    pub backbone_lr: Option<f64>,
+    /// Detection: leading parts of the backbone kept frozen, in the order stem, layer1, ...,
+    /// layer4. DETR, starting from ImageNet weights, freezes the stem and layer1 (2); 0 trains
+    /// the whole backbone (from scratch), 5 none of it.
+    #[serde(default = "two")]
+    pub frozen_backbone_parts: usize,
+    /// Detection: DETR's training augmentation.
+    #[serde(default)]
+    pub detection: DetrAugmentConfig,
+}
+
+/// DETR's training augmentation (its defaults are the paper's, for COCO).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetrAugmentConfig {
+    /// Shorter sides of the multi-scale resize, one picked per image.
+    #[serde(default = "detr_scales")]
+    pub scales: Vec<usize>,
+    /// The longer side never exceeds this after the multi-scale resize.
+    #[serde(default = "detr_max_size")]
+    pub max_size: usize,
+    /// Half of the images are first resized to one of these shorter sides and randomly cropped;
+    /// empty turns the crop off.
+    #[serde(default = "detr_crop_scales")]
+    pub crop_scales: Vec<usize>,
+    /// Smallest and largest width and height of the random crop.
+    #[serde(default = "detr_crop_size")]
+    pub crop_size: [usize; 2],
+}
+
+impl Default for DetrAugmentConfig {
+    fn default() -> Self {
+        Self { scales: detr_scales(), max_size: detr_max_size(), crop_scales: detr_crop_scales(), crop_size: detr_crop_size() }
+    }
+}
+
+fn detr_scales() -> Vec<usize> {
+    (480..=800).step_by(32).collect()
+}
+fn detr_max_size() -> usize {
+    1333
+}
+fn detr_crop_scales() -> Vec<usize> {
+    vec![400, 500, 600]
+}
+fn detr_crop_size() -> [usize; 2] {
+    [384, 600]
 }
 
 fn default_weight_decay() -> f64 {
@@ -195,6 +259,9 @@ fn default_weight_decay() -> f64 {
 }
 fn one() -> usize {
     1
+}
+fn two() -> usize {
+    2
 }
 fn one_f64() -> f64 {
     1.0
@@ -224,6 +291,24 @@ impl TrainConfig {
         }
         if !(self.scale_min > 0.0 && self.scale_min <= 1.0) {
             return Err(format!("train.scale_min = {} must be in (0, 1]", self.scale_min));
+        }
+        if let Some(drop) = self.lr_drop
+            && (drop == 0 || drop > self.epochs)
+        {
+            return Err(format!("train.lr_drop = {drop} must be in [1, train.epochs = {}]", self.epochs));
+        }
+        if self.init_from.is_some() && self.backbone_init.is_some() {
+            return Err("give train.init_from (a whole model) or train.backbone_init (its backbone), not both".into());
+        }
+        if self.frozen_backbone_parts > 5 {
+            return Err(format!("train.frozen_backbone_parts = {} must be at most 5 (stem and four stages)", self.frozen_backbone_parts));
+        }
+        let d = &self.detection;
+        if d.scales.is_empty() || d.scales.contains(&0) || d.max_size == 0 || d.crop_scales.contains(&0) {
+            return Err("train.detection.scales must not be empty, and no size may be 0".into());
+        }
+        if d.crop_size[0] == 0 || d.crop_size[0] > d.crop_size[1] {
+            return Err(format!("train.detection.crop_size = {:?} must be [min, max] with 0 < min <= max", d.crop_size));
         }
         Ok(())
     }
@@ -287,8 +372,8 @@ impl ZooConfig {
             if let Some(train) = &mut config.train {
                 resolve(&mut train.train_dir);
                 resolve(&mut train.val_dir);
-                if let Some(init) = &mut train.init_from {
-                    resolve(init);
+                for path in [&mut train.init_from, &mut train.backbone_init, &mut train.train_annotations, &mut train.val_annotations].into_iter().flatten() {
+                    resolve(path);
                 }
             }
         }
@@ -317,6 +402,15 @@ impl ZooConfig {
         }
         if let Some(train) = &self.train {
             train.validate()?;
+            let detector = matches!(self.model, ModelConfig::Detr(_));
+            let has_annotations = train.train_annotations.is_some() && train.val_annotations.is_some();
+            if detector != has_annotations {
+                return Err(if detector {
+                    "a detector's [train] needs train_annotations and val_annotations (COCO instances JSON)".into()
+                } else {
+                    "train_annotations and val_annotations are for detectors; a classifier reads class folders".into()
+                });
+            }
         }
         if self.eval.batch_size == 0 {
             return Err("eval.batch_size must be at least 1".into());

@@ -2,7 +2,7 @@
 //! ResNet-50 backbone, in the layout of facebookresearch/detr so that its checkpoints load by
 //! name; Hugging Face's `facebook/detr-resnet-50` layout is translated on import.
 
-use burn::module::Param;
+use burn::module::{Initializer, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
@@ -39,6 +39,9 @@ pub struct DetrConfig {
     pub backbone_channels: [usize; 4],
     #[serde(default = "resnet50_stem")]
     pub backbone_stem_width: usize,
+    /// Dropout in the transformer while training (DETR: 0.1; not on the attention weights).
+    #[serde(default = "dropout_prob")]
+    pub dropout: f64,
     /// Eval resize: shorter side to this, unless the longer side would exceed `eval_max_side`.
     #[serde(default = "short_side")]
     pub eval_short_side: usize,
@@ -70,6 +73,9 @@ fn resnet50_channels() -> [usize; 4] {
 fn resnet50_stem() -> usize {
     64
 }
+fn dropout_prob() -> f64 {
+    0.1
+}
 fn short_side() -> usize {
     800
 }
@@ -88,6 +94,9 @@ impl DetrConfig {
         if self.num_classes == 0 || self.num_queries == 0 || self.decoder_layers == 0 {
             return Err("model.num_classes, model.num_queries and model.decoder_layers must be positive".into());
         }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("model.dropout = {} must be in [0, 1)", self.dropout));
+        }
         if self.eval_short_side == 0 || self.eval_max_side < self.eval_short_side {
             return Err("model.eval_max_side must be at least model.eval_short_side > 0".into());
         }
@@ -98,6 +107,8 @@ impl DetrConfig {
         let d = self.hidden_dim;
         let norm = || LayerNormConfig::new(d).init(device);
         let attention = || MultiheadAttention::new(d, self.num_heads, device);
+        // DETR's transformer initialises every matrix Xavier-uniform.
+        let linear = |i: usize, o: usize| LinearConfig::new(i, o).with_initializer(Initializer::XavierUniform { gain: 1.0 }).init(device);
         Detr {
             backbone: ResNet::new(self.backbone_layers, self.backbone_channels, self.backbone_stem_width, None, device),
             input_proj: Conv2dConfig::new([4 * self.backbone_channels[3], d], [1, 1]).init(device),
@@ -107,10 +118,11 @@ impl DetrConfig {
                     layers: (0..self.encoder_layers)
                         .map(|_| EncoderLayer {
                             self_attn: attention(),
-                            linear1: LinearConfig::new(d, self.dim_feedforward).init(device),
-                            linear2: LinearConfig::new(self.dim_feedforward, d).init(device),
+                            linear1: linear(d, self.dim_feedforward),
+                            linear2: linear(self.dim_feedforward, d),
                             norm1: norm(),
                             norm2: norm(),
+                            dropout: self.dropout,
                         })
                         .collect(),
                 },
@@ -119,11 +131,12 @@ impl DetrConfig {
                         .map(|_| DecoderLayer {
                             self_attn: attention(),
                             multihead_attn: attention(),
-                            linear1: LinearConfig::new(d, self.dim_feedforward).init(device),
-                            linear2: LinearConfig::new(self.dim_feedforward, d).init(device),
+                            linear1: linear(d, self.dim_feedforward),
+                            linear2: linear(self.dim_feedforward, d),
                             norm1: norm(),
                             norm2: norm(),
                             norm3: norm(),
+                            dropout: self.dropout,
                         })
                         .collect(),
                     norm: norm(),
@@ -157,7 +170,7 @@ impl MultiheadAttention {
         Self {
             in_proj_weight: init.init_with([3 * d, d], Some(d), Some(3 * d), device),
             in_proj_bias: Param::from_tensor(Tensor::zeros([3 * d], device)),
-            out_proj: LinearConfig::new(d, d).init(device),
+            out_proj: LinearConfig::new(d, d).with_initializer(init.clone()).init(device),
             num_heads,
         }
     }
@@ -188,6 +201,15 @@ impl MultiheadAttention {
     }
 }
 
+/// Dropout with probability `p` while training (on an autodiff device), the identity otherwise.
+fn dropout<const D: usize>(x: Tensor<D>, p: f64) -> Tensor<D> {
+    if p == 0.0 || !x.device().is_autodiff() {
+        return x;
+    }
+    let keep = x.random_like(burn::tensor::Distribution::Bernoulli(1.0 - p));
+    x * keep / (1.0 - p)
+}
+
 /// Post-norm encoder layer; the position embedding is added to queries and keys only.
 #[derive(Module, Debug)]
 pub struct EncoderLayer {
@@ -196,15 +218,18 @@ pub struct EncoderLayer {
     pub linear2: Linear,
     pub norm1: LayerNorm,
     pub norm2: LayerNorm,
+    /// Dropout on each residual branch and inside the feed-forward network, while training.
+    pub dropout: f64,
 }
 
 impl EncoderLayer {
     pub fn forward(&self, src: Tensor<3>, pos: Tensor<3>, mask: Tensor<2, Bool>) -> Tensor<3> {
+        let p = self.dropout;
         let qk = src.clone() + pos;
         let attended = self.self_attn.forward(qk.clone(), qk, src.clone(), Some(mask));
-        let src = self.norm1.forward(src + attended);
-        let ffn = self.linear2.forward(relu(self.linear1.forward(src.clone())));
-        self.norm2.forward(src + ffn)
+        let src = self.norm1.forward(src + dropout(attended, p));
+        let ffn = self.linear2.forward(dropout(relu(self.linear1.forward(src.clone())), p));
+        self.norm2.forward(src + dropout(ffn, p))
     }
 }
 
@@ -223,6 +248,7 @@ pub struct DecoderLayer {
     pub norm1: LayerNorm,
     pub norm2: LayerNorm,
     pub norm3: LayerNorm,
+    pub dropout: f64,
 }
 
 impl DecoderLayer {
@@ -234,13 +260,14 @@ impl DecoderLayer {
         pos: Tensor<3>,
         mask: Tensor<2, Bool>,
     ) -> Tensor<3> {
+        let p = self.dropout;
         let qk = tgt.clone() + query_pos.clone();
         let attended = self.self_attn.forward(qk.clone(), qk, tgt.clone(), None);
-        let tgt = self.norm1.forward(tgt + attended);
+        let tgt = self.norm1.forward(tgt + dropout(attended, p));
         let attended = self.multihead_attn.forward(tgt.clone() + query_pos, memory.clone() + pos, memory, Some(mask));
-        let tgt = self.norm2.forward(tgt + attended);
-        let ffn = self.linear2.forward(relu(self.linear1.forward(tgt.clone())));
-        self.norm3.forward(tgt + ffn)
+        let tgt = self.norm2.forward(tgt + dropout(attended, p));
+        let ffn = self.linear2.forward(dropout(relu(self.linear1.forward(tgt.clone())), p));
+        self.norm3.forward(tgt + dropout(ffn, p))
     }
 }
 

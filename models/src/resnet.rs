@@ -2,12 +2,14 @@
 //! stride of a downsampling bottleneck is on its 3x3 convolution), with frozen batch norm as DETR
 //! uses it. Parameter names are torchvision's, so its checkpoints load by name.
 
-use burn::module::Param;
+use burn::module::{Initializer, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
+
+use crate::import::{Checkpoint, Tensors};
 
 /// Batch norm with fixed statistics and affine parameters:
 /// `y = x * scale + (bias - running_mean * scale)`, `scale = weight / sqrt(running_var + eps)`.
@@ -40,12 +42,16 @@ impl FrozenBatchNorm2d {
     }
 }
 
+/// A bias-free convolution with `kernel / 2` padding, initialised as torchvision's ResNet does
+/// (`kaiming_normal_(mode="fan_out", nonlinearity="relu")`), which keeps activations at scale
+/// through a backbone trained from scratch.
 fn conv(cin: usize, cout: usize, kernel: usize, stride: usize, device: &Device) -> Conv2d {
     let pad = kernel / 2;
     Conv2dConfig::new([cin, cout], [kernel, kernel])
         .with_stride([stride, stride])
         .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
         .with_bias(false)
+        .with_initializer(Initializer::KaimingNormal { gain: std::f64::consts::SQRT_2, fan_out_only: true })
         .init(device)
 }
 
@@ -135,11 +141,7 @@ impl ResNet {
         };
         let (layer1, layer2, layer3, layer4) = (stage(0), stage(1), stage(2), stage(3));
         Self {
-            conv1: Conv2dConfig::new([3, stem_width], [7, 7])
-                .with_stride([2, 2])
-                .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
-                .with_bias(false)
-                .init(device),
+            conv1: conv(3, stem_width, 7, 2, device),
             bn1: FrozenBatchNorm2d::new(stem_width, device),
             maxpool: MaxPool2dConfig::new([3, 3])
                 .with_strides([2, 2])
@@ -181,4 +183,16 @@ pub fn torchvision_key(key: &str) -> Option<String> {
         return None;
     }
     Some(key.replace("downsample.0.", "downsample.conv.").replace("downsample.1.", "downsample.bn."))
+}
+
+/// torchvision checkpoints (`resnet50-*.pth`, ImageNet) load by name; a backbone without a
+/// classifier (DETR's) leaves the checkpoint's `fc` out.
+impl Checkpoint for ResNet {
+    fn adapt_checkpoint(&self, tensors: Tensors) -> Result<Tensors, String> {
+        Ok(tensors
+            .into_iter()
+            .filter(|(key, _)| self.fc.is_some() || !key.starts_with("fc."))
+            .filter_map(|(key, value)| torchvision_key(&key).map(|k| (k, value)))
+            .collect())
+    }
 }

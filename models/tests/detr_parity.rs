@@ -39,3 +39,18 @@ fn detr_matches_reference_from_hf_safetensors() {
 fn detr_matches_reference_from_original_pth() {
     check("detr_original.pth");
 }
+
+/// A torchvision-layout ResNet checkpoint (with `fc` and `num_batches_tracked`, as torchvision
+/// saves ImageNet weights) initialises DETR's backbone to the same tensors as the full checkpoint.
+#[test]
+fn backbone_loads_from_a_torchvision_checkpoint() {
+    let device = Device::flex();
+    let dir = fixture("detr_tiny");
+    let config = ZooConfig::from_file(dir.join("config.toml")).unwrap();
+    let ModelConfig::Detr(detr) = config.model else { panic!("not a DETR config") };
+    let full = load_weights(detr.init(&device), &dir.join("detr_original.pth")).unwrap();
+    let backbone = load_weights(detr.init(&device).backbone, &dir.join("resnet_backbone.pth")).unwrap();
+    let x = Tensor::<4>::random([1, 3, 64, 96], burn::tensor::Distribution::Default, &device);
+    let diff = (full.backbone.forward_features(x.clone()) - backbone.forward_features(x)).abs().max().into_scalar::<f32>();
+    assert_eq!(diff, 0.0);
+}

@@ -14,7 +14,9 @@ pub struct Progress {
     pub epoch: usize,
     /// Optimizer steps taken.
     pub step: usize,
-    pub best_top1: f64,
+    /// The best validation score so far (top-1 for classifiers, AP for detectors).
+    #[serde(alias = "best_top1")]
+    pub best_score: f64,
     pub best_epoch: usize,
 }
 

@@ -7,21 +7,24 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::grad_clipping::GradientClippingConfig;
 use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
+use burn::lr_scheduler::module_lr_scheduler::{ModuleLrScheduler, ModuleLrSchedulerConfig};
 use burn::lr_scheduler::sequential::SequentialLrSchedulerConfig;
-use burn::lr_scheduler::{LrSchedulerConfig, module_lr_scheduler::ModuleLrScheduler};
-use burn::module::ParamGroup;
+use burn::lr_scheduler::step::StepLrSchedulerConfig;
+use burn::lr_scheduler::LrSchedulerConfig;
+use burn::module::{Module, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use zoo_datasets::{EvalTransform, ImageFolder, TrainTransform};
+use zoo_models::config::TrainConfig;
 use zoo_models::{Classifier, ZooConfig};
 
 use crate::checkpoint::{self, Progress};
+use crate::clip::clip_grad_norm;
 use crate::loader::{Augment, HostBatch, Loader};
 use crate::mix::MixConfig;
 
@@ -69,27 +72,47 @@ pub fn soft_cross_entropy(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
     (targets * log_softmax(logits, 1)).sum().neg().div_scalar(b as f64).reshape([1])
 }
 
-fn optimizer(cfg: &zoo_models::config::TrainConfig) -> Result<ModuleOptimizer> {
-    let clipping = (cfg.grad_clip > 0.0).then(|| GradientClippingConfig::Norm(cfg.grad_clip as f32));
-    let adamw = |wd: f64| {
-        AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(wd as f32).with_grad_clipping(clipping.clone())
-    };
+fn optimizer(cfg: &TrainConfig) -> Result<ModuleOptimizer> {
+    let adamw = |wd: f64| AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(wd as f32);
     let no_decay = ParamGroup::from_regex(NO_DECAY).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    Ok(adamw(cfg.weight_decay).init().with_group(no_decay, adamw(0.0).build(), clipping.map(|c| c.init())))
+    Ok(adamw(cfg.weight_decay).init().with_group(no_decay, adamw(0.0).build(), None))
 }
 
-/// Linear warmup from `lr / 1000` to `lr`, then cosine decay to `min_lr`, per optimizer step.
-fn scheduler(cfg: &zoo_models::config::TrainConfig, steps_per_epoch: usize) -> Result<ModuleLrScheduler> {
+/// The learning rate per optimizer step, peaking at `lr`: with `lr_drop`, constant then times
+/// 0.1 from that epoch on (DETR); otherwise linear warmup from `lr / 1000`, then cosine decay to
+/// `min_lr` (scaled like `lr` when `lr` is not the config's peak, e.g. a backbone's).
+pub fn schedule(cfg: &TrainConfig, lr: f64, steps_per_epoch: usize) -> LrSchedulerConfig {
+    if let Some(drop) = cfg.lr_drop {
+        return LrSchedulerConfig::Step(StepLrSchedulerConfig::new(lr, drop * steps_per_epoch));
+    }
     let total = cfg.epochs * steps_per_epoch;
     let warmup = cfg.warmup_epochs * steps_per_epoch;
-    let cosine = LrSchedulerConfig::Cosine(CosineAnnealingLrSchedulerConfig::new(cfg.lr, total - warmup).with_min_lr(cfg.min_lr));
-    let schedule = if warmup > 0 {
-        let linear = LrSchedulerConfig::Linear(LinearLrSchedulerConfig::new(cfg.lr / 1000.0, cfg.lr, warmup));
-        SequentialLrSchedulerConfig::new(vec![linear, cosine], vec![warmup]).init()
+    let min_lr = cfg.min_lr * lr / cfg.lr;
+    let cosine = LrSchedulerConfig::Cosine(CosineAnnealingLrSchedulerConfig::new(lr, total - warmup).with_min_lr(min_lr));
+    if warmup > 0 {
+        let linear = LrSchedulerConfig::Linear(LinearLrSchedulerConfig::new(lr / 1000.0, lr, warmup));
+        LrSchedulerConfig::Sequential(SequentialLrSchedulerConfig::new(vec![linear, cosine], vec![warmup]))
     } else {
-        SequentialLrSchedulerConfig::new(vec![cosine], vec![]).init()
-    };
-    schedule.map_err(|e| anyhow::anyhow!("learning-rate schedule: {e}"))
+        cosine
+    }
+}
+
+/// Steps every accumulated gradient: clips their global norm (when the config asks), then one
+/// optimizer step at the scheduled learning rates; returns the base learning rate.
+pub fn optimizer_step<M: Module>(
+    model: M,
+    optim: &mut ModuleOptimizer,
+    sched: &mut ModuleLrScheduler,
+    accumulator: &mut GradientsAccumulator<M>,
+    grad_clip: f64,
+) -> (M, f64) {
+    let mut grads = accumulator.grads();
+    if grad_clip > 0.0 {
+        clip_grad_norm(&model, &mut grads, grad_clip);
+    }
+    let rate = sched.step();
+    let lr = rate.base();
+    (optim.step(rate, model, grads), lr)
 }
 
 fn to_device(batch: &HostBatch, size: usize, classes: usize, device: &Device) -> (Tensor<4>, Tensor<2>) {
@@ -100,7 +123,7 @@ fn to_device(batch: &HostBatch, size: usize, classes: usize, device: &Device) ->
     )
 }
 
-fn progress_bar(len: usize, quiet: bool, prefix: String) -> ProgressBar {
+pub(crate) fn progress_bar(len: usize, quiet: bool, prefix: String) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
@@ -200,8 +223,10 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
     let mut model = Classifier::init(&config.model, &train_device).context("only classifiers are trained by this loop")?;
     let steps_per_epoch = train_loader.batches_per_epoch().div_ceil(cfg.grad_accum);
     let mut optim = optimizer(cfg)?;
-    let mut sched = scheduler(cfg, steps_per_epoch)?;
-    let mut progress = Progress { epoch: 0, step: 0, best_top1: -1.0, best_epoch: 0 };
+    let mut sched = ModuleLrSchedulerConfig::new(schedule(cfg, cfg.lr, steps_per_epoch))
+        .init()
+        .map_err(|e| anyhow::anyhow!("learning-rate schedule: {e}"))?;
+    let mut progress = Progress { epoch: 0, step: 0, best_score: -1.0, best_epoch: 0 };
 
     let last_checkpoint = if opts.resume { checkpoint::list(&output)?.pop() } else { None };
     if let Some((_, dir)) = &last_checkpoint {
@@ -245,9 +270,7 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
             seen += b;
             let last_of_epoch = i + 1 == train_loader.batches_per_epoch();
             if (i + 1) % cfg.grad_accum == 0 || last_of_epoch {
-                let rate = sched.step();
-                lr = rate.base();
-                model = optim.step(rate, model, accumulator.grads());
+                (model, lr) = optimizer_step(model, &mut optim, &mut sched, &mut accumulator, cfg.grad_clip);
                 progress.step += 1;
             }
             bar.inc(1);
@@ -257,9 +280,9 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
         let train_seconds = started.elapsed().as_secs_f64();
         let (val_loss, top1, top5) = evaluate(&model.valid(), &val_loader, device, opts.quiet)?;
         progress.epoch = epoch + 1;
-        let improved = top1 > progress.best_top1;
+        let improved = top1 > progress.best_score;
         if improved {
-            (progress.best_top1, progress.best_epoch) = (top1, epoch + 1);
+            (progress.best_score, progress.best_epoch) = (top1, epoch + 1);
         }
         let m = EpochMetrics {
             epoch: epoch + 1,
@@ -293,7 +316,7 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
     std::fs::write(output.join("classes.txt"), classes.join("\n") + "\n")?;
     Ok(TrainReport {
         epochs,
-        best_top1: progress.best_top1,
+        best_top1: progress.best_score,
         best_epoch: progress.best_epoch,
         best_model: output.join("best.bpk"),
         last_model: output.join("last.bpk"),

@@ -9,13 +9,7 @@ use burn::tensor::activation::{log_softmax, softmax};
 use zoo_models::detr::DetrOutput;
 
 use crate::matcher::hungarian_match;
-
-/// One image's targets: class indices and normalised (cx, cy, w, h) boxes.
-#[derive(Debug, Clone, Default)]
-pub struct DetrTarget {
-    pub labels: Vec<usize>,
-    pub boxes: Vec<[f32; 4]>,
-}
+pub use zoo_datasets::DetrTarget;
 
 /// The weights of DETR's criterion (its paper's values by default).
 #[derive(Debug, Clone, Copy)]

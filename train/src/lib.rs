@@ -2,6 +2,8 @@
 
 pub mod checkpoint;
 pub mod classification;
+pub mod clip;
+pub mod detection;
 pub mod detr_loss;
 pub mod loader;
 pub mod matcher;

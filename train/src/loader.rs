@@ -2,7 +2,7 @@
 //! that the model does not wait. Every epoch's order and augmentations follow from
 //! `(seed, epoch)`, so a resumed run sees exactly the batches it would have seen.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -10,6 +10,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use image::RgbImage;
 use rayon::prelude::*;
 use zoo_datasets::{DataError, EvalTransform, ImageFolder, TrainTransform, load_rgb};
 
@@ -45,7 +46,7 @@ pub struct Loader {
 }
 
 /// A per-(seed, epoch, index) random generator.
-fn rng_for(seed: u64, epoch: usize, index: usize) -> StdRng {
+pub(crate) fn rng_for(seed: u64, epoch: usize, index: usize) -> StdRng {
     let mix = seed
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add((epoch as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9))
@@ -83,25 +84,12 @@ impl Loader {
     /// Sample `index` transformed; with `skip_bad_images`, an undecodable image is reported,
     /// counted and replaced by the next decodable one.
     fn load(&self, epoch: usize, index: usize) -> Result<(Vec<f32>, usize), DataError> {
-        let n = self.samples.len();
-        for attempt in 0..n {
-            let (path, label) = &self.samples[(index + attempt) % n];
-            match load_rgb(path) {
-                Ok(img) => {
-                    let values = match &self.augment {
-                        Augment::Train { transform, .. } => transform.apply(&img, &mut rng_for(self.seed, epoch, index)),
-                        Augment::Eval(t) => t.apply(&img),
-                    };
-                    return Ok((values, *label));
-                }
-                Err(e) if self.skip_bad_images => {
-                    self.skipped.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("warning: skipping {e}");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(DataError::Invalid("no image of the dataset could be decoded".into()))
+        let (used, img) = decode_or_skip(self.samples.len(), index, self.skip_bad_images, &self.skipped, |i| &self.samples[i].0)?;
+        let values = match &self.augment {
+            Augment::Train { transform, .. } => transform.apply(&img, &mut rng_for(self.seed, epoch, index)),
+            Augment::Eval(t) => t.apply(&img),
+        };
+        Ok((values, self.samples[used].1))
     }
 
     fn batch(&self, epoch: usize, batch_index: usize, indices: &[usize]) -> Result<HostBatch, DataError> {
@@ -120,18 +108,50 @@ impl Loader {
 
     /// The epoch's batches, prepared ahead in a background thread (two in flight).
     pub fn epoch(&self, epoch: usize) -> Receiver<Result<HostBatch, DataError>> {
-        let (tx, rx) = sync_channel(2);
         let this = self.clone();
-        std::thread::spawn(move || {
-            let order = this.order(epoch);
-            for (b, chunk) in order.chunks(this.batch_size).enumerate() {
-                let batch = this.batch(epoch, b, chunk);
-                let failed = batch.is_err();
-                if tx.send(batch).is_err() || failed {
-                    break;
-                }
-            }
-        });
-        rx
+        prefetch(self.order(epoch), self.batch_size, move |b, chunk| this.batch(epoch, b, chunk))
     }
+}
+
+/// Decodes sample `index` (of `n`, at `path_of(i)`), or with `skip` the next decodable one,
+/// reporting and counting each skipped file; returns the index used and the image.
+pub(crate) fn decode_or_skip<'a>(
+    n: usize,
+    index: usize,
+    skip: bool,
+    skipped: &AtomicUsize,
+    path_of: impl Fn(usize) -> &'a Path,
+) -> Result<(usize, RgbImage), DataError> {
+    for attempt in 0..n {
+        let i = (index + attempt) % n;
+        match load_rgb(path_of(i)) {
+            Ok(img) => return Ok((i, img)),
+            Err(e) if skip => {
+                skipped.fetch_add(1, Ordering::Relaxed);
+                eprintln!("warning: skipping {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DataError::Invalid("no image of the dataset could be decoded".into()))
+}
+
+/// Makes the batches of `order` (in chunks of `batch_size`) with `make(batch_index, indices)` in a
+/// background thread, two ahead of the consumer; stops at the first error.
+pub(crate) fn prefetch<T: Send + 'static>(
+    order: Vec<usize>,
+    batch_size: usize,
+    make: impl Fn(usize, &[usize]) -> Result<T, DataError> + Send + 'static,
+) -> Receiver<Result<T, DataError>> {
+    let (tx, rx) = sync_channel(2);
+    std::thread::spawn(move || {
+        for (b, chunk) in order.chunks(batch_size).enumerate() {
+            let batch = make(b, chunk);
+            let failed = batch.is_err();
+            if tx.send(batch).is_err() || failed {
+                break;
+            }
+        }
+    });
+    rx
 }

@@ -288,6 +288,17 @@ impl CocoGroundTruth {
         self.categories.iter().map(|&(id, _)| id).collect()
     }
 
+    /// Sorted, distinct categories with their names.
+    pub fn categories(&self) -> &[(u64, String)] {
+        &self.categories
+    }
+
+    /// The box annotations of known images and categories, image by image (ids ascending), each
+    /// image's in file order: `(image_id, category_id, [x, y, width, height], iscrowd)`.
+    pub fn boxes(&self) -> impl Iterator<Item = (u64, u64, [f64; 4], bool)> + '_ {
+        self.annotations.iter().map(|a| (a.image_id, a.category_id, a.bbox, a.crowd))
+    }
+
     fn has_image(&self, id: u64) -> bool {
         self.image_ids.binary_search(&id).is_ok()
     }
