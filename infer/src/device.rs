@@ -34,8 +34,18 @@ pub fn select_device(flag: Option<&str>) -> Result<Device> {
     device_named(&name.to_ascii_lowercase())
 }
 
+/// The devices of a config's `train.devices` list (`wgpu:N` is the N-th discrete GPU).
+pub fn devices_named(names: &[String]) -> Result<Vec<Device>> {
+    names.iter().map(|n| device_named(&n.to_ascii_lowercase())).collect()
+}
+
 #[allow(deprecated, unreachable_code)]
 fn device_named(name: &str) -> Result<Device> {
+    #[cfg(feature = "wgpu")]
+    if let Some(index) = name.strip_prefix("wgpu:") {
+        let index: usize = index.parse().map_err(|_| anyhow::anyhow!("device `{name}`: expected wgpu:<GPU index>"))?;
+        return Ok(Device::wgpu(DeviceKind::DiscreteGpu(index)));
+    }
     let Some((_, feature)) = BACKENDS.iter().find(|(n, _)| *n == name) else {
         bail!(
             "unknown device `{name}`: choose one of {} (compiled in: {})",

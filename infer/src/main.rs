@@ -13,7 +13,7 @@ use zoo_train::{TrainOptions, train_classifier};
 use zoo_infer::classify::{classify, load_classifier};
 use zoo_infer::detect::{detect, draw_detections, load_detr};
 use zoo_infer::coco_eval::{CocoGroundTruth, evaluate, load_detections};
-use zoo_infer::device::{compiled_backends, select_device};
+use zoo_infer::device::{compiled_backends, devices_named, select_device};
 use zoo_models::{ModelConfig, ZooConfig, save_burnpack};
 
 #[derive(Parser)]
@@ -213,7 +213,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train { config, resume, device } => {
             let device = select_device(device.device.as_deref())?;
             let cfg = ZooConfig::from_file(&config)?;
-            let options = TrainOptions { resume, ..Default::default() };
+            let devices = devices_named(cfg.train.as_ref().map_or(&[][..], |t| &t.devices[..]))?;
+            if devices.len() > 1 && matches!(cfg.model, ModelConfig::Detr(_)) {
+                bail!("{}: train.devices (data-parallel) is for classifiers; DETR trains on one device", config.display());
+            }
+            let options = TrainOptions { resume, devices, ..Default::default() };
             let context = || format!("training {}", config.display());
             if let ModelConfig::Detr(_) = cfg.model {
                 let report = train_detr(&cfg, &device, &options).with_context(context)?;

@@ -189,6 +189,12 @@ pub struct TrainConfig {
     /// Skip images that cannot be decoded (reported and counted) instead of stopping.
     #[serde(default)]
     pub skip_bad_images: bool,
+    /// Train data-parallel on these devices (`flex`, `ndarray`, `tch`, `wgpu`, `wgpu:N` for the
+    /// N-th discrete GPU): each takes an even share of every batch on its own copy of the model,
+    /// and the gradients are summed on the first, which holds the optimizer. Empty: the command's
+    /// `--device`. Classifiers only.
+    #[serde(default)]
+    pub devices: Vec<String>,
     /// Step schedule instead of warmup + cosine: the learning rate is multiplied by 0.1 after
     /// this many epochs (DETR: 200 of 300).
     #[serde(default)]

@@ -40,6 +40,9 @@ pub struct TrainOptions {
     pub stop_after: Option<usize>,
     /// No progress bars.
     pub quiet: bool,
+    /// Data-parallel training over these devices (the config's `train.devices`, resolved), the
+    /// first holding the model and the optimizer; fewer than two: the `device` argument alone.
+    pub devices: Vec<Device>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,11 +119,48 @@ pub fn optimizer_step<M: Module>(
 }
 
 fn to_device(batch: &HostBatch, size: usize, classes: usize, device: &Device) -> (Tensor<4>, Tensor<2>) {
-    let b = batch.labels.len();
+    shard_to_device(batch, 0..batch.labels.len(), size, classes, device)
+}
+
+/// Samples `range` of a batch as tensors on `device`.
+fn shard_to_device(batch: &HostBatch, range: std::ops::Range<usize>, size: usize, classes: usize, device: &Device) -> (Tensor<4>, Tensor<2>) {
+    let (n, image) = (range.len(), 3 * size * size);
     (
-        Tensor::from_data(TensorData::new(batch.images.clone(), [b, 3, size, size]), device),
-        Tensor::from_data(TensorData::new(batch.targets.clone(), [b, classes]), device),
+        Tensor::from_data(TensorData::new(batch.images[range.start * image..range.end * image].to_vec(), [n, 3, size, size]), device),
+        Tensor::from_data(TensorData::new(batch.targets[range.start * classes..range.end * classes].to_vec(), [n, classes]), device),
     )
+}
+
+/// The batch's mean loss and its gradients (on the model's device), computed data-parallel: each
+/// device takes an even share of the batch on its own copy of the model, in its own thread, and
+/// the shares' gradients, weighted by their size, are summed on the model's device.
+fn data_parallel_step(model: &Classifier, batch: &HostBatch, devices: &[Device], size: usize, classes: usize, scale: f64) -> (f64, Vec<GradientsParams>) {
+    let b = batch.labels.len();
+    let main = model.devices()[0].clone();
+    let shares: Vec<(Device, std::ops::Range<usize>)> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.clone(), i * b / devices.len()..(i + 1) * b / devices.len()))
+        .filter(|(_, r)| !r.is_empty())
+        .collect();
+    let results: Vec<(f64, GradientsParams)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .iter()
+            .map(|(device, range)| {
+                let (replica, main) = (model.clone().fork(&device.clone().autodiff()), main.clone());
+                scope.spawn(move || {
+                    let (x, t) = shard_to_device(batch, range.clone(), size, classes, &replica.devices()[0]);
+                    let weight = range.len() as f64 / b as f64;
+                    let loss = soft_cross_entropy(replica.forward(x), t).mul_scalar(weight * scale);
+                    let grads = GradientsParams::from_grads(loss.backward(), &replica).to_device(&main, &replica);
+                    (loss.into_scalar::<f64>(), grads)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a data-parallel worker panicked")).collect()
+    });
+    let loss = results.iter().map(|(l, _)| l).sum::<f64>() / scale;
+    (loss, results.into_iter().map(|(_, g)| g).collect())
 }
 
 pub(crate) fn progress_bar(len: usize, quiet: bool, prefix: String) -> ProgressBar {
@@ -217,6 +257,7 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
     }
     let output = cfg.output_dir.clone();
     std::fs::create_dir_all(&output).with_context(|| format!("cannot create {}", output.display()))?;
+    let device = opts.devices.first().unwrap_or(device);
     let train_device = device.clone().autodiff();
     // The initial weights follow from the seed, like the data order and augmentations.
     train_device.seed(cfg.seed);
@@ -261,12 +302,22 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
         let (mut loss_sum, mut seen, mut lr) = (0.0, 0usize, 0.0);
         for (i, batch) in train_loader.epoch(epoch).into_iter().enumerate() {
             let batch = batch?;
-            let (x, t) = to_device(&batch, size, n_classes, &train_device);
-            let loss = soft_cross_entropy(model.forward(x), t).div_scalar(cfg.grad_accum as f64);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            accumulator.accumulate(&model, grads);
+            let scale = 1.0 / cfg.grad_accum as f64;
+            let batch_loss = if opts.devices.len() > 1 {
+                let (loss, shares) = data_parallel_step(&model, &batch, &opts.devices, size, n_classes, scale);
+                for grads in shares {
+                    accumulator.accumulate(&model, grads);
+                }
+                loss
+            } else {
+                let (x, t) = to_device(&batch, size, n_classes, &train_device);
+                let loss = soft_cross_entropy(model.forward(x), t).mul_scalar(scale);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                accumulator.accumulate(&model, grads);
+                loss.into_scalar::<f64>() / scale
+            };
             let b = batch.labels.len();
-            loss_sum += loss.into_scalar::<f64>() * cfg.grad_accum as f64 * b as f64;
+            loss_sum += batch_loss * b as f64;
             seen += b;
             let last_of_epoch = i + 1 == train_loader.batches_per_epoch();
             if (i + 1) % cfg.grad_accum == 0 || last_of_epoch {

@@ -121,6 +121,30 @@ fn resumed_run_matches_uninterrupted_run() {
     assert_eq!((a.train_loss, a.val_loss, a.val_top1, a.lr), (b.train_loss, b.val_loss, b.val_top1, b.lr));
 }
 
+/// Data-parallel over two devices (here both the CPU) trains the same model as one device: the
+/// batch is split, each half's gradient weighted by its size, the sum stepped once.
+#[test]
+fn data_parallel_matches_one_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(&tmp.path().join("data"), 24);
+    let init = tmp.path().join("init.bpk");
+    let with_init = |out: &str| {
+        let mut cfg = config(VIT, &tmp.path().join("data"), &tmp.path().join(out), 2);
+        cfg.train.as_mut().unwrap().init_from = Some(init.clone());
+        cfg
+    };
+    Classifier::init(&with_init("one").model, &Device::flex()).unwrap().save(&init).unwrap();
+    let quiet = TrainOptions { quiet: true, ..Default::default() };
+    let one = train_classifier(&with_init("one"), &Device::flex(), &quiet).unwrap();
+    let devices = vec![Device::flex(), Device::flex()];
+    let two = train_classifier(&with_init("two"), &Device::flex(), &TrainOptions { devices, ..quiet }).unwrap();
+    for (a, b) in one.epochs.iter().zip(&two.epochs) {
+        eprintln!("epoch {}: train loss {} vs {}, val loss {} vs {}", a.epoch, a.train_loss, b.train_loss, a.val_loss, b.val_loss);
+        assert!((a.train_loss - b.train_loss).abs() < 1e-3 * a.train_loss, "{} vs {}", a.train_loss, b.train_loss);
+        assert!((a.val_loss - b.val_loss).abs() < 1e-3 * a.val_loss, "{} vs {}", a.val_loss, b.val_loss);
+    }
+}
+
 #[test]
 fn bad_data_is_named() {
     let tmp = tempfile::tempdir().unwrap();
