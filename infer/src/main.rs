@@ -16,6 +16,11 @@ use zoo_infer::coco_eval::{CocoGroundTruth, evaluate, load_detections};
 use zoo_infer::device::{compiled_backends, devices_named, select_device};
 use zoo_models::{ModelConfig, ZooConfig, save_burnpack};
 
+/// Tensors come and go by the megabyte: mimalloc keeps freed pages for reuse, where glibc's
+/// allocator returns them to the kernel and takes page faults to get them back.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "zoo", version, about = "ViT, TNT and DETR in Rust on Burn, with PyTorch's numbers")]
 struct Cli {
