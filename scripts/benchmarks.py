@@ -25,6 +25,7 @@ CASES = [
     ("DETR-R50 800x1066", "configs/detr_r50.toml", 1, False, "detr"),
     ("ViT-B/16", "configs/vit_b16.toml", 8, True, "vit"),
     ("TNT-S", "configs/tnt_s.toml", 8, True, "tnt"),
+    ("DETR-R50 800x1066", "configs/detr_r50.toml", 2, True, "detr"),
 ]
 
 
@@ -36,7 +37,8 @@ def torch_model(kind):
         import timm
         return timm.create_model("tnt_s_patch16_224"), (3, 224, 224)
     from transformers import DetrConfig, DetrForObjectDetection
-    return DetrForObjectDetection(DetrConfig(num_labels=91)), (3, 800, 1066)
+    # Auxiliary losses on every decoder layer, as DETR trains.
+    return DetrForObjectDetection(DetrConfig(num_labels=91, auxiliary_loss=True)), (3, 800, 1066)
 
 
 def torch_bench(kind, batch, train, warmup, iters):
@@ -47,10 +49,14 @@ def torch_bench(kind, batch, train, warmup, iters):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         y = torch.arange(batch) % 1000
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+        # DETR: five boxes per image, the same as `zoo bench --train`.
+        labels = [{"class_labels": torch.tensor([1 + (7 * i + 13 * k) % 90 for k in range(5)]),
+                   "boxes": torch.tensor([[0.1 + 0.15 * k, 0.3 + 0.1 * i, 0.1, 0.2] for k in range(5)])}
+                  for i in range(batch)]
 
         def step():
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = model(pixel_values=x, labels=labels).loss if kind == "detr" else loss_fn(model(x), y)
             loss.backward()
             opt.step()
     else:

@@ -3,12 +3,13 @@
 
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use serde::Serialize;
 use zoo_models::{Classifier, ModelConfig, ZooConfig};
 use zoo_train::classification::soft_cross_entropy;
+use zoo_train::detr_loss::{DetrTarget, SetCriterion};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -58,17 +59,45 @@ pub fn bench(config: &ZooConfig, device: &Device, opts: &BenchOptions) -> Result
     let b = opts.batch;
     let (input, seconds) = match &config.model {
         ModelConfig::Detr(c) => {
-            if opts.train {
-                bail!("a DETR training step needs the set criterion, which the detection training loop brings; bench inference only");
-            }
             let (h, w) = opts.detr_size;
-            let model = c.init(device);
-            let x = Tensor::<4>::random([b, 3, h, w], burn::tensor::Distribution::Normal(0.0, 1.0), device);
-            let mask = Tensor::<3, Bool>::full([b, h, w], false, device);
-            let s = time(opts.warmup, opts.iters, || {
-                let out = model.forward(x.clone(), mask.clone());
-                let _ = out.boxes.into_data();
-            });
+            let dist = burn::tensor::Distribution::Normal(0.0, 1.0);
+            let s = if opts.train {
+                // Forward through every decoder layer, the set criterion (matching included),
+                // backward, AdamW; five boxes per image.
+                let device = device.clone().autodiff();
+                let mut model = c.init(&device);
+                let mut optim = AdamWConfig::new().init();
+                let x = Tensor::<4>::random([b, 3, h, w], dist, &device);
+                let mask = Tensor::<3, Bool>::full([b, h, w], false, &device);
+                let targets: Vec<DetrTarget> = (0..b)
+                    .map(|i| DetrTarget {
+                        labels: (0..5).map(|k| 1 + (7 * i + 13 * k) % (c.num_classes - 1)).collect(),
+                        boxes: (0..5).map(|k| [0.1 + 0.15 * k as f32, 0.3 + 0.1 * i as f32, 0.1, 0.2]).collect(),
+                    })
+                    .collect();
+                let criterion = SetCriterion::default();
+                let mut failed = None;
+                let s = time(opts.warmup, opts.iters, || match criterion.loss(&model.forward_all(x.clone(), mask.clone()), &targets) {
+                    Ok((loss, _)) => {
+                        let grads = GradientsParams::from_grads(loss.backward(), &model);
+                        model = optim.step(1e-4, model.clone(), grads);
+                        let _ = loss.into_data();
+                    }
+                    Err(e) => failed = Some(e),
+                });
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                s
+            } else {
+                let model = c.init(device);
+                let x = Tensor::<4>::random([b, 3, h, w], dist, device);
+                let mask = Tensor::<3, Bool>::full([b, h, w], false, device);
+                time(opts.warmup, opts.iters, || {
+                    let out = model.forward(x.clone(), mask.clone());
+                    let _ = out.boxes.into_data();
+                })
+            };
             ([b, 3, h, w], s)
         }
         model_config => {
