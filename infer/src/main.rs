@@ -16,10 +16,20 @@ use zoo_infer::coco_eval::{CocoGroundTruth, evaluate, load_detections};
 use zoo_infer::device::{compiled_backends, devices_named, select_device};
 use zoo_models::{ModelConfig, ZooConfig, save_burnpack};
 
-/// Tensors come and go by the megabyte: mimalloc keeps freed pages for reuse, where glibc's
-/// allocator returns them to the kernel and takes page faults to get them back.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// Tensors come and go by the megabyte. By default glibc's allocator maps each one of more than
+/// a few megabytes afresh and returns it to the kernel when freed, so every forward pass pays page
+/// faults for memory it had a moment ago: keep blocks up to 32 MiB (its largest setting) on the
+/// heap and freed memory in the process. (TNT-S inference 4.8 -> 6.5 images/s here; mimalloc
+/// did as well for inference but halved the training step.)
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "zoo", version, about = "ViT, TNT and DETR in Rust on Burn, with PyTorch's numbers")]
@@ -196,6 +206,7 @@ enum Command {
 }
 
 fn main() {
+    keep_freed_memory();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
