@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
 /// What the loop needs besides the tensors to continue where it stopped.
@@ -77,4 +79,43 @@ pub fn read_progress(dir: &Path) -> Result<Progress> {
     let path = dir.join(PROGRESS);
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("invalid checkpoint progress {}", path.display()))
+}
+
+/// Checkpoint `progress.epoch` with the model (written by `save_model`) and the optimizer state;
+/// the last two are kept.
+pub fn save_with_optimizer(
+    output: &Path,
+    progress: &Progress,
+    optim: &ModuleOptimizer,
+    save_model: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    save(output, progress, 2, |dir| {
+        save_model(&dir.join(MODEL))?;
+        let bytes = optim.into_bytes().map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
+        std::fs::write(dir.join(OPTIMIZER), &bytes[..])?;
+        Ok(())
+    })
+}
+
+/// The optimizer state and the schedule's position from checkpoint folder `dir`, and its
+/// progress; the caller loads `dir/model.bpk` into its model.
+pub fn restore(dir: &Path, optim: ModuleOptimizer, sched: &mut ModuleLrScheduler, quiet: bool) -> Result<(Progress, ModuleOptimizer)> {
+    let progress = read_progress(dir)?;
+    let bytes = std::fs::read(dir.join(OPTIMIZER)).with_context(|| format!("cannot read {}", dir.display()))?;
+    let optim = optim
+        .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map_err(|e| anyhow::anyhow!("optimizer state in {}: {e:?}", dir.display()))?;
+    for _ in 0..progress.step {
+        sched.step();
+    }
+    if !quiet {
+        eprintln!("resuming from {} (epoch {} done, step {})", dir.display(), progress.epoch, progress.step);
+    }
+    Ok((progress, optim))
+}
+
+/// The run's `metrics.jsonl`, opened for appending (a resumed run continues it).
+pub fn metrics_file(output: &Path) -> Result<std::fs::File> {
+    let path = output.join("metrics.jsonl");
+    std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot write {}", path.display()))
 }

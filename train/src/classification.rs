@@ -271,18 +271,8 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
 
     let last_checkpoint = if opts.resume { checkpoint::list(&output)?.pop() } else { None };
     if let Some((_, dir)) = &last_checkpoint {
-        progress = checkpoint::read_progress(dir)?;
+        (progress, optim) = checkpoint::restore(dir, optim, &mut sched, opts.quiet)?;
         model = model.load(&dir.join(checkpoint::MODEL))?;
-        let bytes = std::fs::read(dir.join(checkpoint::OPTIMIZER)).with_context(|| format!("cannot read {}", dir.display()))?;
-        optim = optim
-            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-            .map_err(|e| anyhow::anyhow!("optimizer state in {}: {e:?}", dir.display()))?;
-        for _ in 0..progress.step {
-            sched.step();
-        }
-        if !opts.quiet {
-            eprintln!("resuming from {} (epoch {} done, step {})", dir.display(), progress.epoch, progress.step);
-        }
     } else if let Some(init) = &cfg.init_from {
         model = model.load_for_finetuning(init, classes.len())?;
     }
@@ -353,12 +343,7 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
             );
         }
         epochs.push(m);
-        checkpoint::save(&output, &progress, 2, |dir| {
-            model.save(&dir.join(checkpoint::MODEL))?;
-            let bytes = optim.into_bytes().map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
-            std::fs::write(dir.join(checkpoint::OPTIMIZER), &bytes[..])?;
-            Ok(())
-        })?;
+        checkpoint::save_with_optimizer(&output, &progress, &optim, |path| Ok(model.save(path)?))?;
         if improved {
             model.save(&output.join("best.bpk"))?;
         }

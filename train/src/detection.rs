@@ -203,18 +203,8 @@ pub fn train_detr(config: &ZooConfig, device: &Device, opts: &TrainOptions) -> R
 
     let last_checkpoint = if opts.resume { checkpoint::list(&output)?.pop() } else { None };
     if let Some((_, dir)) = &last_checkpoint {
-        progress = checkpoint::read_progress(dir)?;
+        (progress, optim) = checkpoint::restore(dir, optim, &mut sched, opts.quiet)?;
         model = load_weights(model, &dir.join(checkpoint::MODEL))?;
-        let bytes = std::fs::read(dir.join(checkpoint::OPTIMIZER)).with_context(|| format!("cannot read {}", dir.display()))?;
-        optim = optim
-            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-            .map_err(|e| anyhow::anyhow!("optimizer state in {}: {e:?}", dir.display()))?;
-        for _ in 0..progress.step {
-            sched.step();
-        }
-        if !opts.quiet {
-            eprintln!("resuming from {} (epoch {} done, step {})", dir.display(), progress.epoch, progress.step);
-        }
     } else if let Some(init) = &cfg.init_from {
         // A checkpoint with another number of classes keeps this model's fresh class head.
         model = load_weights_for_finetuning(model, init, "class_embed", classes + 1)?;
@@ -226,12 +216,7 @@ pub fn train_detr(config: &ZooConfig, device: &Device, opts: &TrainOptions) -> R
     }
 
     let criterion = SetCriterion::default();
-    let metrics_path = output.join("metrics.jsonl");
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+    let mut metrics_file = checkpoint::metrics_file(&output)?;
     let mut epochs = Vec::new();
     let mut last_eval = None;
     let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
@@ -299,12 +284,7 @@ pub fn train_detr(config: &ZooConfig, device: &Device, opts: &TrainOptions) -> R
         }
         epochs.push(m);
         last_eval = Some(eval);
-        checkpoint::save(&output, &progress, 2, |dir| {
-            save_burnpack(&model, &dir.join(checkpoint::MODEL))?;
-            let bytes = optim.into_bytes().map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
-            std::fs::write(dir.join(checkpoint::OPTIMIZER), &bytes[..])?;
-            Ok(())
-        })?;
+        checkpoint::save_with_optimizer(&output, &progress, &optim, |path| Ok(save_burnpack(&model, path)?))?;
         if improved {
             save_burnpack(&model, &output.join("best.bpk"))?;
         }
