@@ -29,8 +29,8 @@ pub struct CocoSample {
 pub struct CocoDetection {
     pub annotations_file: PathBuf,
     pub samples: Vec<CocoSample>,
-    /// Category ids and names, ascending.
-    pub categories: Vec<(u64, String)>,
+    /// The annotation file as the COCO evaluation reads it, to score detections on this set.
+    pub ground_truth: CocoGroundTruth,
 }
 
 impl CocoDetection {
@@ -62,12 +62,22 @@ impl CocoDetection {
         if samples.is_empty() {
             return Err(DataError::Invalid(format!("{} lists no images", annotations_json.display())));
         }
-        Ok(Self { annotations_file: annotations_json.to_path_buf(), samples, categories: gt.categories().to_vec() })
+        Ok(Self { annotations_file: annotations_json.to_path_buf(), samples, ground_truth: gt })
+    }
+
+    /// Category ids and names, ascending.
+    pub fn categories(&self) -> &[(u64, String)] {
+        self.ground_truth.categories()
     }
 
     /// The largest category id, which a detector's `num_classes` must exceed.
     pub fn max_category_id(&self) -> u64 {
-        self.categories.iter().map(|&(id, _)| id).max().unwrap_or(0)
+        self.categories().iter().map(|&(id, _)| id).max().unwrap_or(0)
+    }
+
+    /// `(image_id, path)` of every image, in id order.
+    pub fn files(&self) -> Vec<(u64, PathBuf)> {
+        self.samples.iter().map(|s| (s.image_id, s.path.clone())).collect()
     }
 }
 

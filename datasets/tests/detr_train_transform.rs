@@ -100,7 +100,7 @@ fn generated_objects_are_where_their_boxes_say() {
     let set = CocoDetection::open(&train, &dir.path().join("train")).unwrap();
     assert_eq!(set.samples.len(), 6);
     assert_eq!(CocoDetection::open(&val, &dir.path().join("val")).unwrap().samples.len(), 2);
-    assert_eq!(set.categories.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(), ["square", "disc", "triangle"]);
+    assert_eq!(set.categories().iter().map(|c| c.1.as_str()).collect::<Vec<_>>(), ["square", "disc", "triangle"]);
     for sample in &set.samples {
         assert!(!sample.annotations.is_empty());
         let img = image::open(&sample.path).unwrap().to_rgb8();

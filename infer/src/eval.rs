@@ -1,14 +1,14 @@
 //! `zoo eval`: COCO bbox mAP of DETR over an annotated image folder, and ImageNet-style top-1 /
 //! top-5 of a classifier over a class-folder validation set.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use zoo_datasets::{DetrTransform, EvalTransform, ImageFolder};
+use zoo_datasets::{CocoDetection, DetrTransform, EvalTransform, ImageFolder};
 use zoo_models::ZooConfig;
 use zoo_models::detr::Detr;
 use zoo_train::classification::evaluate;
@@ -16,7 +16,7 @@ use zoo_train::detection::coco_detections;
 use zoo_train::loader::{Augment, Loader};
 
 use crate::classify::load_classifier;
-use crate::coco_eval::{CocoEvalResult, CocoGroundTruth, evaluate as coco_evaluate};
+use crate::coco_eval::{CocoEvalResult, evaluate as coco_evaluate};
 use crate::detect::detr_config;
 
 fn bar(len: usize, what: &str) -> ProgressBar {
@@ -50,18 +50,8 @@ pub fn eval_detr(
     device: &Device,
 ) -> Result<CocoEvalResult> {
     let detr = detr_config(config, config_path)?;
-    let gt = CocoGroundTruth::from_file(annotations)?;
-    let ids = gt.image_ids();
-    if ids.is_empty() {
-        bail!("{} lists no images", annotations.display());
-    }
-    let files: Vec<(u64, PathBuf)> = ids
-        .iter()
-        .map(|&id| match gt.file_name(id) {
-            Some(name) => Ok((id, images.join(name))),
-            None => Err(anyhow::anyhow!("{}: image {id} has no file_name", annotations.display())),
-        })
-        .collect::<Result<_>>()?;
+    let set = CocoDetection::open(annotations, images)?;
+    let files = set.files();
     let transform = DetrTransform::new(detr.eval_short_side, detr.eval_max_side, &config.data);
     let dets = coco_detections(model, &files, &transform, config.eval.batch_size, device, &bar(files.len(), "eval"))?;
     if let Some(path) = results_out {
@@ -74,7 +64,7 @@ pub fn eval_detr(
         eprintln!("wrote {} ({} detections)", path.display(), results.len());
     }
     // Like pycocotools, detections of categories the ground truth does not have are not scored.
-    Ok(coco_evaluate(&gt, &dets))
+    Ok(coco_evaluate(&set.ground_truth, &dets))
 }
 
 #[derive(Debug, Serialize)]

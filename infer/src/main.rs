@@ -230,9 +230,6 @@ fn run(cli: Cli) -> Result<()> {
             let device = select_device(device.device.as_deref())?;
             let cfg = ZooConfig::from_file(&config)?;
             let devices = devices_named(cfg.train.as_ref().map_or(&[][..], |t| &t.devices[..]))?;
-            if devices.len() > 1 && matches!(cfg.model, ModelConfig::Detr(_)) {
-                bail!("{}: train.devices (data-parallel) is for classifiers; DETR trains on one device", config.display());
-            }
             let options = TrainOptions { resume, devices, ..Default::default() };
             let context = || format!("training {}", config.display());
             if let ModelConfig::Detr(_) = cfg.model {

@@ -19,7 +19,7 @@ use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::Serialize;
-use zoo_datasets::coco_eval::{CocoEvalResult, CocoGroundTruth, Detection, evaluate};
+use zoo_datasets::coco_eval::{CocoEvalResult, Detection, evaluate};
 use zoo_datasets::detection::load_batch;
 use zoo_datasets::{CocoDetection, DataError, DetrImage, DetrTarget, DetrTrainTransform, DetrTransform, PixelBoxes, pad_batch};
 use zoo_models::config::TrainConfig;
@@ -162,17 +162,18 @@ fn open_split(annotations: &Option<PathBuf>, images: &std::path::Path, num_class
 
 /// Validation COCO metrics of `model` on `set`.
 pub fn evaluate_detr(model: &Detr, set: &CocoDetection, transform: &DetrTransform, batch_size: usize, device: &Device, quiet: bool) -> Result<CocoEvalResult> {
-    let gt = CocoGroundTruth::from_file(&set.annotations_file)?;
-    let files: Vec<(u64, PathBuf)> = set.samples.iter().map(|s| (s.image_id, s.path.clone())).collect();
-    let bar = progress_bar(files.len(), quiet, "  validate".into());
-    let dets = coco_detections(model, &files, transform, batch_size, device, &bar)?;
-    Ok(evaluate(&gt, &dets))
+    let bar = progress_bar(set.samples.len(), quiet, "  validate".into());
+    let dets = coco_detections(model, &set.files(), transform, batch_size, device, &bar)?;
+    Ok(evaluate(&set.ground_truth, &dets))
 }
 
 /// Trains the DETR of `config` on `device`, writing checkpoints, `metrics.jsonl`, `best.bpk`
 /// (best validation AP) and `last.bpk` under `train.output_dir`.
 pub fn train_detr(config: &ZooConfig, device: &Device, opts: &TrainOptions) -> Result<DetrTrainReport> {
     let (detr, cfg) = detr_parts(config)?;
+    if opts.devices.len() > 1 {
+        bail!("train.devices (data-parallel) is for classifiers; DETR trains on one device");
+    }
     let classes = detr.num_classes;
     let train_set = open_split(&cfg.train_annotations, &cfg.train_dir, classes)?;
     let val_set = open_split(&cfg.val_annotations, &cfg.val_dir, classes)?;
