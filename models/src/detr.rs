@@ -10,7 +10,7 @@ use burn::tensor::activation::{relu, sigmoid};
 use serde::{Deserialize, Serialize};
 
 use crate::import::{Checkpoint, Tensors};
-use crate::layers::multi_head_attention;
+use crate::cpu::{attention, linear, linear_with};
 use crate::resnet::{ResNet, torchvision_key};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -180,7 +180,7 @@ impl MultiheadAttention {
         let d = self.out_proj.weight.dims()[0];
         let w = self.in_proj_weight.val().slice(s![i * d..(i + 1) * d, ..]);
         let b = self.in_proj_bias.val().slice(s![i * d..(i + 1) * d]);
-        x.matmul(w.transpose().unsqueeze::<3>()) + b.unsqueeze::<3>()
+        linear_with(x, w.transpose(), Some(b))
     }
 
     pub fn forward(
@@ -190,14 +190,14 @@ impl MultiheadAttention {
         value: Tensor<3>,
         key_padding_mask: Option<Tensor<2, Bool>>,
     ) -> Tensor<3> {
-        let out = multi_head_attention(
+        let out = attention(
             self.project(query, 0),
             self.project(key, 1),
             self.project(value, 2),
             self.num_heads,
             key_padding_mask,
         );
-        self.out_proj.forward(out)
+        linear(&self.out_proj, out)
     }
 }
 
@@ -228,7 +228,7 @@ impl EncoderLayer {
         let qk = src.clone() + pos;
         let attended = self.self_attn.forward(qk.clone(), qk, src.clone(), Some(mask));
         let src = self.norm1.forward(src + dropout(attended, p));
-        let ffn = self.linear2.forward(dropout(relu(self.linear1.forward(src.clone())), p));
+        let ffn = linear(&self.linear2, dropout(relu(linear(&self.linear1, src.clone())), p));
         self.norm2.forward(src + dropout(ffn, p))
     }
 }
@@ -266,7 +266,7 @@ impl DecoderLayer {
         let tgt = self.norm1.forward(tgt + dropout(attended, p));
         let attended = self.multihead_attn.forward(tgt.clone() + query_pos, memory.clone() + pos, memory, Some(mask));
         let tgt = self.norm2.forward(tgt + dropout(attended, p));
-        let ffn = self.linear2.forward(dropout(relu(self.linear1.forward(tgt.clone())), p));
+        let ffn = linear(&self.linear2, dropout(relu(linear(&self.linear1, tgt.clone())), p));
         self.norm3.forward(tgt + dropout(ffn, p))
     }
 }

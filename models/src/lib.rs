@@ -3,6 +3,7 @@
 
 pub mod classifier;
 pub mod config;
+pub mod cpu;
 pub mod detr;
 pub mod import;
 pub mod layers;

@@ -12,7 +12,8 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::import::{Checkpoint, Tensors, resample_pos_embed};
-use crate::layers::{Mlp, multi_head_attention, timm_init, timm_linear};
+use crate::cpu::{attention, linear};
+use crate::layers::{Mlp, timm_init, timm_linear};
 use crate::vit::GlobalPool;
 
 /// TNT-S is `embed_dim 384, inner_dim 24, depth 12, num_heads_outer 6, num_heads_inner 4`.
@@ -133,10 +134,10 @@ pub struct TntAttention {
 impl TntAttention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [_, _, d] = x.dims();
-        let qk = self.qk.forward(x.clone());
+        let qk = linear(&self.qk, x.clone());
         let q = qk.clone().slice(s![.., .., 0..d]);
         let k = qk.slice(s![.., .., d..2 * d]);
-        self.proj.forward(multi_head_attention(q, k, self.v.forward(x), self.num_heads, None))
+        linear(&self.proj, attention(q, k, linear(&self.v, x), self.num_heads, None))
     }
 }
 
@@ -187,7 +188,7 @@ impl TntBlock {
         let pixels = pixels.clone() + self.mlp_in.forward(self.norm_mlp_in.forward(pixels));
         let [b, n, d] = patches.dims();
         let flat = pixels.clone().reshape([b, n - 1, pixels.dims()[1] * pixels.dims()[2]]);
-        let link = self.norm2_proj.forward(self.proj.forward(self.norm1_proj.forward(flat)));
+        let link = self.norm2_proj.forward(linear(&self.proj, self.norm1_proj.forward(flat)));
         // The class token (index 0) receives nothing from the pixels.
         let link = Tensor::cat(vec![Tensor::zeros([b, 1, d], &link.device()), link], 1);
         let patches = patches + link;
@@ -221,7 +222,7 @@ impl Tnt {
         let [bn, np, di] = pixels.dims();
         let n = bn / b;
         let patches = pixels.clone().reshape([b, n, np * di]);
-        let patches = self.norm2_proj.forward(self.proj.forward(self.norm1_proj.forward(patches)));
+        let patches = self.norm2_proj.forward(linear(&self.proj, self.norm1_proj.forward(patches)));
         let d = patches.dims()[2];
         let cls = self.cls_token.val().expand([b, 1, d]);
         let mut patches = Tensor::cat(vec![cls, patches], 1) + self.patch_pos.val();

@@ -8,7 +8,8 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::import::{Checkpoint, Tensors, resample_pos_embed};
-use crate::layers::{Mlp, multi_head_attention, timm_init, timm_linear};
+use crate::cpu::{attention, linear};
+use crate::layers::{Mlp, timm_init, timm_linear};
 
 /// How the token sequence becomes one feature vector before the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -130,11 +131,11 @@ pub struct Attention {
 impl Attention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [_, _, d] = x.dims();
-        let qkv = self.qkv.forward(x);
+        let qkv = linear(&self.qkv, x);
         let q = qkv.clone().slice(s![.., .., 0..d]);
         let k = qkv.clone().slice(s![.., .., d..2 * d]);
         let v = qkv.slice(s![.., .., 2 * d..3 * d]);
-        self.proj.forward(multi_head_attention(q, k, v, self.num_heads, None))
+        linear(&self.proj, attention(q, k, v, self.num_heads, None))
     }
 }
 

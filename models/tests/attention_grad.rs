@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use zoo_models::layers::multi_head_attention;
+use zoo_models::cpu::attention;
 
 fn textbook(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option<Tensor<2, Bool>>) -> Tensor<3> {
     let [b, nq, c] = q.dims();
@@ -35,7 +35,7 @@ fn fused_attention_matches_textbook_with_gradients() {
                 Tensor::<2, Bool>::from_data(TensorData::new(vec![false, false, false, false, true, true, false, false, false, false, false, true], [2, 6]), &device)
             });
             let out = if fused {
-                multi_head_attention(q.clone(), k.clone(), v.clone(), 2, mask)
+                attention(q.clone(), k.clone(), v.clone(), 2, mask)
             } else {
                 textbook(q.clone(), k.clone(), v.clone(), 2, mask)
             };

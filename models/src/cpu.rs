@@ -1,0 +1,170 @@
+//! Fused inference kernels for the `flex` CPU backend.
+//!
+//! The models call [`linear`], [`gelu`] and [`attention`] instead of Burn's ops. On a flex
+//! tensor outside autodiff (inference, validation) they run the kernels below; anywhere else
+//! (GPU, libtorch, ndarray, training) they fall back to Burn's ops, so every backend computes
+//! the same function and training differentiates through Burn as usual.
+//!
+//! What the kernels save over the op-by-op path:
+//! - `linear`: the bias is written into the output first and the matrix product accumulates
+//!   onto it (no second pass over the output), and products too small for Burn's threading
+//!   threshold still use both cores.
+//! - `gelu`: the exact (erf) GELU as a branch-free rational function the compiler vectorises,
+//!   instead of a scalar `erff` per element.
+//! - `attention`: queries, keys and values are read in place from the projections' outputs
+//!   (no head split or merge copies), one (batch, head) pair per task.
+
+use burn::nn::Linear;
+use burn::prelude::*;
+
+#[cfg(feature = "flex")]
+mod flex;
+
+/// `x @ weight + bias` over the last dimension of `x`, `weight` `[d_in, d_out]`.
+pub fn linear_with<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    let (x, weight, bias) = match flex::linear(x, weight, bias) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    let out = x.matmul(weight.unsqueeze());
+    match bias {
+        Some(bias) => out + bias.unsqueeze(),
+        None => out,
+    }
+}
+
+/// A linear layer's forward pass through [`linear_with`].
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    {
+        linear_with(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        layer.forward(x)
+    }
+}
+
+/// GELU with erf, as `torch.nn.GELU()`.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    let x = match flex::gelu(x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    burn::tensor::activation::gelu(x)
+}
+
+/// Scaled dot-product attention of projected queries `[B, Nq, C]` and keys and values
+/// `[B, Nk, C]`, split into `num_heads` heads, scale `(C / num_heads)^-1/2`;
+/// `key_padding_mask` `[B, Nk]` is true where a key must be ignored. Returns `[B, Nq, C]`.
+pub fn attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    num_heads: usize,
+    key_padding_mask: Option<Tensor<2, Bool>>,
+) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    let (q, k, v, key_padding_mask) = match flex::attention(q, k, v, num_heads, key_padding_mask) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    attention_by_ops(q, k, v, num_heads, key_padding_mask)
+}
+
+/// [`attention`] with Burn's fused attention op (every backend, autodiff included).
+pub fn attention_by_ops(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    num_heads: usize,
+    key_padding_mask: Option<Tensor<2, Bool>>,
+) -> Tensor<3> {
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::AttentionModuleOptions;
+    // `[B, N, heads * d]` -> `[B, heads, N, d]`.
+    let split_heads = |x: Tensor<3>| {
+        let [b, n, c] = x.dims();
+        x.reshape([b, n, num_heads, c / num_heads]).swap_dims(1, 2)
+    };
+    let [b, nq, c] = q.dims();
+    let nk = k.dims()[1];
+    let mask = key_padding_mask.map(|m| m.reshape([b, 1, 1, nk]).expand([b, num_heads, nq, nk]));
+    let out = attention(split_heads(q), split_heads(k), split_heads(v), mask, None, AttentionModuleOptions::default());
+    out.swap_dims(1, 2).reshape([b, nq, c])
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, Tolerance};
+
+    fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+    }
+
+    #[test]
+    fn linear_matches_matmul_plus_bias() {
+        let device = Device::flex();
+        // Sizes on both sides of the threading threshold; a transposed (strided) weight too.
+        for (m, k, n) in [(3, 5, 7), (196 * 16, 24, 96), (197, 64, 300)] {
+            let x = random([2, m, k], &device);
+            let w = random([k, n], &device);
+            let bias = random([n], &device);
+            let expected = x.clone().matmul(w.clone().unsqueeze()) + bias.clone().unsqueeze();
+            linear_with(x.clone(), w.clone(), Some(bias))
+                .into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+            let wt = random([n, k], &device);
+            let expected = x.clone().matmul(wt.clone().transpose().unsqueeze());
+            linear_with(x, wt.transpose(), None)
+                .into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+        }
+    }
+
+    #[test]
+    fn gelu_matches_erf_gelu() {
+        let device = Device::flex();
+        let x = random([3, 1000], &device) * 4.0;
+        let expected = burn::tensor::activation::gelu(x.clone());
+        // A view that is not contiguous and a shared input go through the copying path.
+        let shared = x.clone();
+        gelu(x.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.clone().into_data(), Tolerance::absolute(1e-6));
+        gelu(shared.transpose())
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.transpose().into_data(), Tolerance::absolute(1e-6));
+        // Far tails: 0 and x.
+        let tails = Tensor::<1>::from_floats([-30.0, -9.0, 9.0, 30.0, 0.0], &device);
+        gelu(tails)
+            .into_data()
+            .assert_approx_eq::<f32>(&TensorData::from([0.0f32, 0.0, 9.0, 30.0, 0.0]), Tolerance::absolute(1e-6));
+    }
+
+    #[test]
+    fn attention_matches_burn_attention() {
+        let device = Device::flex();
+        // (B, Nq, Nk, heads, d): TNT's inner attention, ViT-like, DETR's cross-attention.
+        for (b, nq, nk, h, d) in [(5, 16, 16, 4, 6), (2, 197, 197, 3, 64), (2, 10, 37, 8, 32)] {
+            let c = h * d;
+            // q and k as slices of one projection, as the models produce them.
+            let qk = random([b, nq.max(nk), 2 * c], &device);
+            let q = qk.clone().slice(s![.., 0..nq, 0..c]);
+            let k = qk.slice(s![.., 0..nk, c..2 * c]);
+            let v = random([b, nk, c], &device);
+            let mask = (nq != nk).then(|| {
+                let lens: Vec<bool> =
+                    (0..b).flat_map(|i| (0..nk).map(move |j| j >= nk - 3 * i)).collect();
+                Tensor::<1, Bool>::from_data(TensorData::new(lens, [b * nk]), &device).reshape([b, nk])
+            });
+            let expected = attention_by_ops(q.clone(), k.clone(), v.clone(), h, mask.clone());
+            attention(q, k, v, h, mask)
+                .into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-5));
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The kernels behind [`super`] on flex tensors. Each entry point hands its arguments back
+//! (`Err`) when they are not float32 flex tensors outside autodiff.
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
+
+/// Products with fewer multiply-adds than this run on one thread.
+const THREADED_MACS: usize = 1 << 19;
+/// Elements per task in element-wise kernels.
+const CHUNK: usize = 1 << 14;
+
+fn is_plain_flex(device: &Device) -> bool {
+    *device == Device::flex() && !device.is_autodiff()
+}
+
+/// The flex primitive of a float32 tensor on the flex device outside autodiff.
+fn float32<const D: usize>(x: &Tensor<D>) -> Option<FlexTensor> {
+    if !is_plain_flex(&x.device()) {
+        return None;
+    }
+    x.clone().try_into_primitive::<Flex>().ok().filter(|t| t.dtype() == DType::F32)
+}
+
+fn tensor<const D: usize>(t: FlexTensor) -> Tensor<D> {
+    Tensor::from_primitive::<Flex>(t)
+}
+
+fn from_vec<const D: usize>(data: Vec<f32>, shape: Vec<usize>) -> Tensor<D> {
+    tensor(FlexTensor::from_data(TensorData::new(data, shape)))
+}
+
+/// Row-major strides of the last `N` dimensions of `t`, made contiguous in the last one.
+fn strided<const N: usize>(t: FlexTensor) -> (FlexTensor, [usize; N]) {
+    let t = if t.layout().strides().last() == Some(&1) && t.layout().has_positive_strides() { t } else { t.to_contiguous() };
+    let s = t.layout().strides();
+    let strides = core::array::from_fn(|i| s[s.len() - N + i] as usize);
+    (t, strides)
+}
+
+/// A pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// SAFETY: `offset` is inside the buffer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        unsafe { self.0.add(offset) }
+    }
+}
+
+type LinearArgs<const D: usize> = (Tensor<D>, Tensor<2>, Option<Tensor<1>>);
+
+pub fn linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Result<Tensor<D>, LinearArgs<D>> {
+    let bias_prim = bias.as_ref().map(float32);
+    let (Some(xt), Some(wt), None | Some(Some(_))) = (float32(&x), float32(&weight), &bias_prim) else {
+        return Err((x, weight, bias));
+    };
+    let dims = x.dims();
+    drop(x);
+    let [k, n] = weight.dims();
+    let m = dims[..D - 1].iter().product::<usize>();
+    // Rows of x must sit at one stride from each other: true unless x is a permuted view.
+    let xt = xt.reshape(vec![m, k].into());
+    let (xt, [x_rs, x_cs]) = strided::<2>(xt);
+    let w_strides = wt.layout().strides();
+    let (w_rs, w_cs) = (w_strides[0], w_strides[1]);
+
+    // The output starts as the bias in every row; the product accumulates onto it.
+    let mut out = match bias_prim.flatten() {
+        Some(b) => {
+            let b = b.to_contiguous();
+            let b = &b.storage::<f32>()[b.layout().start_offset()..][..n];
+            let mut out = Vec::with_capacity(m * n);
+            for _ in 0..m {
+                out.extend_from_slice(b);
+            }
+            out
+        }
+        None => vec![0.0; m * n],
+    };
+    let parallelism =
+        if m * n * k >= THREADED_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: the pointers and strides describe live buffers of the shapes passed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            xt.storage::<f32>().as_ptr().add(xt.layout().start_offset()),
+            x_cs as isize,
+            x_rs as isize,
+            wt.storage::<f32>().as_ptr().add(wt.layout().start_offset()),
+            w_cs,
+            w_rs,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    let mut shape = dims.to_vec();
+    shape[D - 1] = n;
+    Ok(from_vec(out, shape))
+}
+
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
+    let Some(mut t) = float32(&x) else { return Err(x) };
+    drop(x);
+    let contiguous = t.layout().contiguous_offsets();
+    if let (Some((start, end)), true) = (contiguous, t.is_unique()) {
+        let data = t.try_storage_mut::<f32>().expect("unique");
+        data[start..end].par_chunks_mut(CHUNK).for_each(simd::gelu_in_place);
+        return Ok(tensor(t));
+    }
+    let shape = t.layout().shape().to_vec();
+    let mut data = t.to_contiguous().into_data().try_into_vec::<f32>().expect("float32");
+    data.par_chunks_mut(CHUNK).for_each(simd::gelu_in_place);
+    Ok(from_vec(data, shape))
+}
+
+type AttentionArgs = (Tensor<3>, Tensor<3>, Tensor<3>, Option<Tensor<2, Bool>>);
+
+/// Head widths up to this use the direct loops; wider heads use gemm for both products.
+const SMALL_HEAD: usize = 16;
+
+pub fn attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    num_heads: usize,
+    mask: Option<Tensor<2, Bool>>,
+) -> Result<Tensor<3>, AttentionArgs> {
+    let (Some(qt), Some(kt), Some(vt)) = (float32(&q), float32(&k), float32(&v)) else {
+        return Err((q, k, v, mask));
+    };
+    let [b, nq, c] = q.dims();
+    let nk = k.dims()[1];
+    drop((q, k, v));
+    let d = c / num_heads;
+    let (qt, [q_bs, q_rs, _]) = strided::<3>(qt);
+    let (kt, [k_bs, k_rs, _]) = strided::<3>(kt);
+    let (vt, [v_bs, v_rs, _]) = strided::<3>(vt);
+    // Keys to ignore, one row of `nk` flags per batch element.
+    let masked: Option<Vec<bool>> = mask.map(|m| m.into_data().try_to_vec::<bool>().expect("a bool mask"));
+    let (qs, ks, vs) = (
+        &qt.storage::<f32>()[qt.layout().start_offset()..],
+        &kt.storage::<f32>()[kt.layout().start_offset()..],
+        &vt.storage::<f32>()[vt.layout().start_offset()..],
+    );
+    let scale = (d as f32).powf(-0.5);
+    let mut out = vec![0.0f32; b * nq * c];
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    (0..b * num_heads).into_par_iter().for_each(|task| {
+        let (bi, h) = (task / num_heads, task % num_heads);
+        let head = Head {
+            q: &qs[bi * q_bs + h * d..],
+            k: &ks[bi * k_bs + h * d..],
+            v: &vs[bi * v_bs + h * d..],
+            q_rs,
+            k_rs,
+            v_rs,
+            nq,
+            nk,
+            d,
+            scale,
+            masked: masked.as_ref().map(|m| &m[bi * nk..(bi + 1) * nk]),
+        };
+        // SAFETY: task (bi, h) writes only columns h*d..(h+1)*d of batch element bi's rows.
+        let o = unsafe { out_ptr.at(bi * nq * c + h * d) };
+        if d <= SMALL_HEAD { head.direct(o, c) } else { head.with_gemm(o, c) }
+    });
+    Ok(from_vec(out, vec![b, nq, c]))
+}
+
+/// One (batch element, head): row `i` of Q starts at `q[i * q_rs]`, and so on.
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    q_rs: usize,
+    k_rs: usize,
+    v_rs: usize,
+    nq: usize,
+    nk: usize,
+    d: usize,
+    scale: f32,
+    masked: Option<&'a [bool]>,
+}
+
+impl Head<'_> {
+    /// Narrow heads: scores for one query against all keys at once from K transposed, then
+    /// the weighted sum of value rows.
+    fn direct(&self, o: *mut f32, o_rs: usize) {
+        let (nk, d) = (self.nk, self.d);
+        let mut kt = vec![0.0f32; d * nk];
+        for j in 0..nk {
+            for t in 0..d {
+                kt[t * nk + j] = self.k[j * self.k_rs + t] * self.scale;
+            }
+        }
+        let mut p = vec![0.0f32; nk];
+        let mut acc = vec![0.0f32; d];
+        for i in 0..self.nq {
+            let qi = &self.q[i * self.q_rs..][..d];
+            p.fill(0.0);
+            for (t, &qv) in qi.iter().enumerate() {
+                for (pj, &kv) in p.iter_mut().zip(&kt[t * nk..(t + 1) * nk]) {
+                    *pj += qv * kv;
+                }
+            }
+            self.softmax(&mut p);
+            acc.fill(0.0);
+            for (j, &pj) in p.iter().enumerate() {
+                for (a, &vv) in acc.iter_mut().zip(&self.v[j * self.v_rs..][..d]) {
+                    *a += pj * vv;
+                }
+            }
+            // SAFETY: row i of this head's output block (see `attention`).
+            unsafe { core::ptr::copy_nonoverlapping(acc.as_ptr(), o.add(i * o_rs), d) };
+        }
+    }
+
+    /// Wide heads: S = scale Q Kᵀ and O = softmax(S) V as two matrix products.
+    fn with_gemm(&self, o: *mut f32, o_rs: usize) {
+        let (nq, nk, d) = (self.nq, self.nk, self.d);
+        let mut s = vec![0.0f32; nq * nk];
+        // SAFETY: strides and sizes describe the slices and buffers given.
+        unsafe {
+            gemm::gemm(
+                nq, nk, d, s.as_mut_ptr(), 1, nk as isize, false,
+                self.q.as_ptr(), 1, self.q_rs as isize,
+                // Kᵀ: element (t, j) is K[j, t].
+                self.k.as_ptr(), self.k_rs as isize, 1,
+                0.0f32, self.scale, false, false, false, gemm::Parallelism::None,
+            );
+        }
+        for row in s.chunks_exact_mut(nk) {
+            self.softmax(row);
+        }
+        unsafe {
+            gemm::gemm(
+                nq, d, nk, o, 1, o_rs as isize, false,
+                s.as_ptr(), 1, nk as isize,
+                self.v.as_ptr(), 1, self.v_rs as isize,
+                0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+            );
+        }
+    }
+
+    fn softmax(&self, row: &mut [f32]) {
+        if let Some(masked) = self.masked {
+            for (x, &m) in row.iter_mut().zip(masked) {
+                if m {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+        simd::softmax_in_place(row);
+    }
+}
+
+/// Element-wise loops compiled for AVX-512 and AVX2 (chosen at run time) and for the baseline.
+mod simd {
+    macro_rules! multiversion {
+        ($(#[$doc:meta])* fn $name:ident($arg:ident: $ty:ty) $body:block) => {
+            $(#[$doc])*
+            pub fn $name($arg: $ty) {
+                #[inline(always)]
+                fn generic($arg: $ty) $body
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx512f,avx512vl,fma")]
+                    unsafe fn avx512($arg: $ty) { generic($arg) }
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn avx2($arg: $ty) { generic($arg) }
+                    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                        // SAFETY: the CPU has the features the function was compiled for.
+                        return unsafe { avx512($arg) };
+                    }
+                    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                        return unsafe { avx2($arg) };
+                    }
+                }
+                generic($arg)
+            }
+        };
+    }
+
+    /// erf by the odd/even rational approximation also used by Eigen and XLA (float32 accuracy
+    /// on [-4, 4]), exactly ±1 from |x| = 3.92 on, where erf rounds to ±1 in float32.
+    /// Branch-free, so it vectorises.
+    #[inline(always)]
+    fn erf(x: f32) -> f32 {
+        let saturated = x.abs() >= 3.92;
+        let x = x.clamp(-4.0, 4.0);
+        let x2 = x * x;
+        let mut p = -2.726_142_3e-10f32;
+        for c in [2.770_681_4e-8, -2.101_024e-6, -5.692_506_4e-5, -7.349_906e-4, -2.954_600e-3, -1.609_603_3e-2] {
+            p = p * x2 + c;
+        }
+        let mut q = -1.456_607_2e-5f32;
+        for c in [-2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2] {
+            q = q * x2 + c;
+        }
+        if saturated { x.signum() } else { x * p / q }
+    }
+
+    /// e^x with Cephes' range reduction and polynomial (float32 accuracy); 0 below -87.
+    #[inline(always)]
+    fn exp(x: f32) -> f32 {
+        let xc = x.clamp(-87.0, 88.0);
+        let n = (xc * core::f32::consts::LOG2_E + 0.5).floor();
+        let r = xc - n * 0.693_359_4 + n * 2.121_944_4e-4;
+        let mut y = 1.987_569_1e-4f32;
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+            y = y * r + c;
+        }
+        let y = y * r * r + r + 1.0;
+        let scaled = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+        if x < -87.0 { 0.0 } else { scaled }
+    }
+
+    multiversion! {
+        /// `x <- x Φ(x)` with Φ by erf.
+        fn gelu_in_place(xs: &mut [f32]) {
+            for x in xs.iter_mut() {
+                *x = 0.5 * *x * (1.0 + erf(*x * core::f32::consts::FRAC_1_SQRT_2));
+            }
+        }
+    }
+
+    multiversion! {
+        /// A numerically stable softmax over the row; all -inf gives NaN, as PyTorch does.
+        fn softmax_in_place(row: &mut [f32]) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            // Sixteen partial sums so that the sum vectorises.
+            let mut sums = [0.0f32; 16];
+            let mut chunks = row.chunks_exact_mut(16);
+            for chunk in &mut chunks {
+                for (s, x) in sums.iter_mut().zip(chunk.iter_mut()) {
+                    *x = exp(*x - max);
+                    *s += *x;
+                }
+            }
+            for (s, x) in sums.iter_mut().zip(chunks.into_remainder()) {
+                *x = exp(*x - max);
+                *s += *x;
+            }
+            let inv = 1.0 / sums.iter().sum::<f32>();
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn erf_and_exp_are_float32_accurate() {
+            let mut worst = (0.0f64, 0.0f64);
+            for i in -20_000..=20_000 {
+                let x = i as f32 * 5e-4;
+                let erf_err = (super::erf(x) as f64 - libm::erf(x as f64)).abs();
+                worst.0 = worst.0.max(erf_err);
+                let y = x * 8.0;
+                let exp_err = ((super::exp(y) as f64 - (y as f64).exp()) / (y as f64).exp()).abs();
+                worst.1 = worst.1.max(exp_err);
+            }
+            assert!(worst.0 < 5e-7, "erf max abs error {}", worst.0);
+            assert!(worst.1 < 5e-7, "exp max rel error {}", worst.1);
+            assert_eq!(super::exp(-100.0), 0.0);
+        }
+    }
+}
