@@ -4,13 +4,15 @@
 
 For each case (model, batch, inference or training step) it times PyTorch eager fp32 (timm /
 transformers, no_grad for inference; forward + cross-entropy + backward + AdamW for a training
-step) and `zoo bench --json` on each device, with the same warm-up and iteration counts, and
-reports images/s and the ratio ours / PyTorch (above 1 means the zoo is faster).
+step) and `zoo bench --json` on each device, with the same warm-up and iteration counts, both
+taking the median time per iteration, and reports images/s and the ratio ours / PyTorch (above 1
+means the zoo is faster).
 """
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 
@@ -67,10 +69,12 @@ def torch_bench(kind, batch, train, warmup, iters):
                 model(x)
     for _ in range(warmup):
         step()
-    t = time.perf_counter()
+    seconds = []
     for _ in range(iters):
+        t = time.perf_counter()
         step()
-    return batch * iters / (time.perf_counter() - t)
+        seconds.append(time.perf_counter() - t)
+    return batch / statistics.median(seconds)
 
 
 def zoo_bench(zoo, config, batch, train, warmup, iters, device):
@@ -85,21 +89,28 @@ def main():
     p.add_argument("--zoo", default="target/release/zoo")
     p.add_argument("--devices", default="flex")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10, help="timed iterations of inference")
+    p.add_argument("--train-iters", type=int, default=3, help="timed iterations of a training step")
+    p.add_argument("--only", default="", help="run only the cases whose label contains this (no file written)")
     p.add_argument("--out", default="BENCHMARKS.md")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count())
     devices = args.devices.split(",")
     rows = []
     for label, config, batch, train, kind in CASES:
-        theirs = torch_bench(kind, batch, train, args.warmup, args.iters)
+        if args.only and args.only not in label:
+            continue
+        iters = args.train_iters if train else args.iters
+        theirs = torch_bench(kind, batch, train, args.warmup, iters)
         for device in devices:
-            ours = zoo_bench(args.zoo, config, batch, train, args.warmup, args.iters, device)
+            ours = zoo_bench(args.zoo, config, batch, train, args.warmup, iters, device)
             ratio = ours["images_per_sec"] / theirs
             mode = "train step" if train else "inference"
             rows.append((label, mode, batch, device, ours["images_per_sec"], theirs, ratio, ours["peak_rss_mb"]))
             print(f"{label} {mode} batch {batch} on {device}: zoo {ours['images_per_sec']:.2f} img/s, "
                   f"torch {theirs:.2f} img/s, ratio {ratio:.2f}", flush=True)
+    if args.only:
+        return
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -110,7 +121,8 @@ def main():
         f.write("# Benchmarks\n\n")
         f.write(f"Measured by `python scripts/benchmarks.py --devices {args.devices}` in one run on {cpu}, "
                 f"{os.cpu_count()} cores, PyTorch {torch.__version__} eager fp32 with {torch.get_num_threads()} threads; "
-                f"{args.warmup} warm-up and {args.iters} timed iterations per case. Ratio = zoo / PyTorch "
+                f"{args.warmup} warm-up iteration, then the median of {args.iters} timed iterations for inference and "
+                f"of {args.train_iters} for a training step, the same for both. Ratio = zoo / PyTorch "
                 "images per second (above 1: the zoo is faster). Random weights; speed does not depend on them.\n\n")
         f.write("| model | mode | batch | zoo device | zoo img/s | PyTorch img/s | ratio | zoo peak RSS MiB |\n")
         f.write("|---|---|---|---|---|---|---|---|\n")

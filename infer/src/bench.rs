@@ -43,16 +43,23 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Times `iters` calls of `step` after `warmup` untimed ones; `step` must wait for its result.
+/// Seconds per call of `step`: the median over `iters` timed calls after `warmup` untimed ones
+/// (the median, so that a call slowed by something else on the machine does not count);
+/// `step` must wait for its result.
 fn time(warmup: usize, iters: usize, mut step: impl FnMut()) -> f64 {
     for _ in 0..warmup {
         step();
     }
-    let start = Instant::now();
-    for _ in 0..iters {
-        step();
-    }
-    start.elapsed().as_secs_f64() / iters as f64
+    let mut seconds: Vec<f64> = (0..iters.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            step();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    seconds.sort_by(f64::total_cmp);
+    let mid = seconds.len() / 2;
+    if seconds.len() % 2 == 1 { seconds[mid] } else { (seconds[mid - 1] + seconds[mid]) / 2.0 }
 }
 
 pub fn bench(config: &ZooConfig, device: &Device, opts: &BenchOptions) -> Result<BenchResult> {

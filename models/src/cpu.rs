@@ -1,6 +1,6 @@
 //! Fused inference kernels for the `flex` CPU backend.
 //!
-//! The models call [`linear`], [`gelu`] and [`attention`] instead of Burn's ops. On a flex
+//! The models call [`linear`], [`gelu`], [`channel_affine`] and [`attention`] instead of Burn's ops. On a flex
 //! tensor outside autodiff (inference, validation) they run the kernels below; anywhere else
 //! (GPU, libtorch, ndarray, training) they fall back to Burn's ops, so every backend computes
 //! the same function and training differentiates through Burn as usual.
@@ -11,6 +11,8 @@
 //!   threshold still use both cores.
 //! - `gelu`: the exact (erf) GELU as a branch-free rational function the compiler vectorises,
 //!   instead of a scalar `erff` per element.
+//! - `channel_affine`: frozen batch norm, residual sum and ReLU in one pass over the feature
+//!   map instead of four.
 //! - `attention`: queries, keys and values are read in place from the projections' outputs
 //!   (no head split or merge copies), one (batch, head) pair per task.
 
@@ -54,6 +56,29 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         Err(x) => x,
     };
     burn::tensor::activation::gelu(x)
+}
+
+/// `relu?(x * scale[c] + shift[c] (+ residual))` per channel `c` of `x` `[B, C, H, W]`: a frozen
+/// batch norm, the shortcut of a residual block and the activation in one pass.
+pub fn channel_affine(
+    x: Tensor<4>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+    residual: Option<Tensor<4>>,
+    relu: bool,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    let (x, scale, shift, residual) = match flex::channel_affine(x, scale, shift, residual, relu) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    let c = x.dims()[1];
+    let y = x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1]);
+    let y = match residual {
+        Some(r) => y + r,
+        None => y,
+    };
+    if relu { burn::tensor::activation::relu(y) } else { y }
 }
 
 /// Scaled dot-product attention of projected queries `[B, Nq, C]` and keys and values
@@ -143,6 +168,30 @@ mod tests {
         gelu(tails)
             .into_data()
             .assert_approx_eq::<f32>(&TensorData::from([0.0f32, 0.0, 9.0, 30.0, 0.0]), Tolerance::absolute(1e-6));
+    }
+
+    #[test]
+    fn channel_affine_matches_ops() {
+        let device = Device::flex();
+        let x = random([2, 5, 7, 3], &device);
+        let (scale, shift) = (random([5], &device), random([5], &device));
+        let residual = random([2, 5, 7, 3], &device);
+        let by_ops = |r: Option<Tensor<4>>, relu: bool| {
+            let y = x.clone() * scale.clone().reshape([1, 5, 1, 1]) + shift.clone().reshape([1, 5, 1, 1]);
+            let y = r.map_or(y.clone(), |r| y + r);
+            if relu { burn::tensor::activation::relu(y) } else { y }
+        };
+        for (r, relu) in [(None, false), (None, true), (Some(residual.clone()), true), (Some(residual.swap_dims(2, 3).swap_dims(2, 3)), false)] {
+            let expected = by_ops(r.clone(), relu);
+            // Shared input (the clone kept here) and a unique one.
+            let kept = x.clone();
+            channel_affine(kept, scale.clone(), shift.clone(), r.clone(), relu)
+                .into_data()
+                .assert_approx_eq::<f32>(&expected.clone().into_data(), Tolerance::absolute(1e-6));
+            channel_affine(x.clone() * 1.0, scale.clone(), shift.clone(), r, relu)
+                .into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
+        }
     }
 
     #[test]

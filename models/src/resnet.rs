@@ -7,8 +7,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
+use crate::cpu::channel_affine;
 use crate::import::{Checkpoint, Tensors};
 
 /// Batch norm with fixed statistics and affine parameters:
@@ -35,10 +35,14 @@ impl FrozenBatchNorm2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let c = x.dims()[1];
+        self.forward_fused(x, None, false)
+    }
+
+    /// `relu?(bn(x) (+ residual))` in one pass on the CPU backend.
+    pub fn forward_fused(&self, x: Tensor<4>, residual: Option<Tensor<4>>, relu: bool) -> Tensor<4> {
         let scale = self.weight.val() * (self.running_var.val() + Self::EPS).sqrt().recip();
         let shift = self.bias.val() - self.running_mean.val() * scale.clone();
-        x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+        channel_affine(x, scale, shift, residual, relu)
     }
 }
 
@@ -97,9 +101,9 @@ impl Bottleneck {
             Some(d) => d.bn.forward(d.conv.forward(x.clone())),
             None => x.clone(),
         };
-        let y = relu(self.bn1.forward(self.conv1.forward(x)));
-        let y = relu(self.bn2.forward(self.conv2.forward(y)));
-        relu(self.bn3.forward(self.conv3.forward(y)) + shortcut)
+        let y = self.bn1.forward_fused(self.conv1.forward(x), None, true);
+        let y = self.bn2.forward_fused(self.conv2.forward(y), None, true);
+        self.bn3.forward_fused(self.conv3.forward(y), Some(shortcut), true)
     }
 }
 
@@ -159,7 +163,7 @@ impl ResNet {
 
     /// The last stage's feature map `[B, num_features, H/32, W/32]` (2048 channels for ResNet-50).
     pub fn forward_features(&self, images: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.bn1.forward(self.conv1.forward(images)));
+        let x = self.bn1.forward_fused(self.conv1.forward(images), None, true);
         let mut x = self.maxpool.forward(x);
         for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
             x = block.forward(x);

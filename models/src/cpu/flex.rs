@@ -132,6 +132,50 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
     Ok(from_vec(data, shape))
 }
 
+type AffineArgs = (Tensor<4>, Tensor<1>, Tensor<1>, Option<Tensor<4>>);
+
+pub fn channel_affine(
+    x: Tensor<4>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+    residual: Option<Tensor<4>>,
+    relu: bool,
+) -> Result<Tensor<4>, AffineArgs> {
+    let residual_prim = residual.as_ref().map(float32);
+    let (Some(xt), Some(_), Some(_), None | Some(Some(_))) =
+        (float32(&x), float32(&scale), float32(&shift), &residual_prim)
+    else {
+        return Err((x, scale, shift, residual));
+    };
+    let [_, c, h, w] = x.dims();
+    drop(x);
+    let values = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().expect("float32");
+    let (scale, shift) = (values(scale), values(shift));
+    let mut out = own_contiguous(xt);
+    let residual = residual_prim.flatten().map(|r| r.to_contiguous());
+    let residual = residual.as_ref().map(|r| &r.storage::<f32>()[r.layout().start_offset()..]);
+    let plane = h * w;
+    let data = out.try_storage_mut::<f32>().expect("unique");
+    data.par_chunks_mut(plane).enumerate().for_each(|(i, y)| {
+        let (a, b) = (scale[i % c], shift[i % c]);
+        match residual {
+            Some(r) => simd::affine_residual((y, &r[i * plane..][..plane], a, b, relu)),
+            None => simd::affine((y, a, b, relu)),
+        }
+    });
+    Ok(tensor(out))
+}
+
+/// A contiguous tensor this code alone holds, starting at offset 0: `t` itself when it is one.
+fn own_contiguous(t: FlexTensor) -> FlexTensor {
+    if t.is_unique() && t.layout().contiguous_offsets().is_some_and(|(start, _)| start == 0) {
+        t
+    } else {
+        let shape = t.layout().shape().clone();
+        FlexTensor::from_data(TensorData::new(t.to_contiguous().into_data().try_into_vec::<f32>().expect("float32"), shape))
+    }
+}
+
 type AttentionArgs = (Tensor<3>, Tensor<3>, Tensor<3>, Option<Tensor<2, Bool>>);
 
 /// Head widths up to this use the direct loops; wider heads use gemm for both products.
@@ -339,6 +383,30 @@ mod simd {
         fn gelu_in_place(xs: &mut [f32]) {
             for x in xs.iter_mut() {
                 *x = 0.5 * *x * (1.0 + erf(*x * core::f32::consts::FRAC_1_SQRT_2));
+            }
+        }
+    }
+
+    multiversion! {
+        /// `y <- relu?(y a + b)`.
+        fn affine(args: (&mut [f32], f32, f32, bool)) {
+            let (y, a, b, relu) = args;
+            if relu {
+                y.iter_mut().for_each(|v| *v = (*v * a + b).max(0.0));
+            } else {
+                y.iter_mut().for_each(|v| *v = *v * a + b);
+            }
+        }
+    }
+
+    multiversion! {
+        /// `y <- relu?(y a + b + r)`.
+        fn affine_residual(args: (&mut [f32], &[f32], f32, f32, bool)) {
+            let (y, r, a, b, relu) = args;
+            if relu {
+                y.iter_mut().zip(r).for_each(|(v, &r)| *v = (*v * a + b + r).max(0.0));
+            } else {
+                y.iter_mut().zip(r).for_each(|(v, &r)| *v = *v * a + b + r);
             }
         }
     }
