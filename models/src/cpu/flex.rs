@@ -208,7 +208,7 @@ pub fn attention(
     let scale = (d as f32).powf(-0.5);
     let mut out = vec![0.0f32; b * nq * c];
     let out_ptr = SharedMut(out.as_mut_ptr());
-    (0..b * num_heads).into_par_iter().for_each(|task| {
+    (0..b * num_heads).into_par_iter().with_min_len(8).for_each(|task| {
         let (bi, h) = (task / num_heads, task % num_heads);
         let head = Head {
             q: &qs[bi * q_bs + h * d..],
@@ -225,13 +225,13 @@ pub fn attention(
         };
         // SAFETY: task (bi, h) writes only columns h*d..(h+1)*d of batch element bi's rows.
         let o = unsafe { out_ptr.at(bi * nq * c + h * d) };
-        if d <= SMALL_HEAD { head.direct(o, c) } else { head.with_gemm(o, c) }
+        if d <= SMALL_HEAD { simd::attend_direct((&head, o, c)) } else { head.with_gemm(o, c) }
     });
     Ok(from_vec(out, vec![b, nq, c]))
 }
 
 /// One (batch element, head): row `i` of Q starts at `q[i * q_rs]`, and so on.
-struct Head<'a> {
+pub(crate) struct Head<'a> {
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
@@ -247,7 +247,8 @@ struct Head<'a> {
 
 impl Head<'_> {
     /// Narrow heads: scores for one query against all keys at once from K transposed, then
-    /// the weighted sum of value rows.
+    /// the weighted sum of value rows (inlined into [`simd::attend_direct`]).
+    #[inline(always)]
     fn direct(&self, o: *mut f32, o_rs: usize) {
         let (nk, d) = (self.nk, self.d);
         let mut kt = vec![0.0f32; d * nk];
@@ -266,7 +267,8 @@ impl Head<'_> {
                     *pj += qv * kv;
                 }
             }
-            self.softmax(&mut p);
+            self.mask(&mut p);
+            simd::softmax_row(&mut p);
             acc.fill(0.0);
             for (j, &pj) in p.iter().enumerate() {
                 for (a, &vv) in acc.iter_mut().zip(&self.v[j * self.v_rs..][..d]) {
@@ -293,7 +295,8 @@ impl Head<'_> {
             );
         }
         for row in s.chunks_exact_mut(nk) {
-            self.softmax(row);
+            self.mask(row);
+            simd::softmax_in_place(row);
         }
         unsafe {
             gemm::gemm(
@@ -305,7 +308,9 @@ impl Head<'_> {
         }
     }
 
-    fn softmax(&self, row: &mut [f32]) {
+    /// Scores of ignored keys to -inf.
+    #[inline(always)]
+    fn mask(&self, row: &mut [f32]) {
         if let Some(masked) = self.masked {
             for (x, &m) in row.iter_mut().zip(masked) {
                 if m {
@@ -313,7 +318,6 @@ impl Head<'_> {
                 }
             }
         }
-        simd::softmax_in_place(row);
     }
 }
 
@@ -412,26 +416,40 @@ mod simd {
     }
 
     multiversion! {
-        /// A numerically stable softmax over the row; all -inf gives NaN, as PyTorch does.
+        /// [`softmax_row`] on its own.
         fn softmax_in_place(row: &mut [f32]) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            // Sixteen partial sums so that the sum vectorises.
-            let mut sums = [0.0f32; 16];
-            let mut chunks = row.chunks_exact_mut(16);
-            for chunk in &mut chunks {
-                for (s, x) in sums.iter_mut().zip(chunk.iter_mut()) {
-                    *x = exp(*x - max);
-                    *s += *x;
-                }
-            }
-            for (s, x) in sums.iter_mut().zip(chunks.into_remainder()) {
+            softmax_row(row)
+        }
+    }
+
+    multiversion! {
+        /// One narrow attention head, `Head::direct` compiled for the vector units.
+        fn attend_direct(args: (&super::Head<'_>, *mut f32, usize)) {
+            let (head, o, o_rs) = args;
+            head.direct(o, o_rs)
+        }
+    }
+
+    /// A numerically stable softmax over the row; all -inf gives NaN, as PyTorch does.
+    #[inline(always)]
+    pub(super) fn softmax_row(row: &mut [f32]) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        // Sixteen partial sums so that the sum vectorises.
+        let mut sums = [0.0f32; 16];
+        let mut chunks = row.chunks_exact_mut(16);
+        for chunk in &mut chunks {
+            for (s, x) in sums.iter_mut().zip(chunk.iter_mut()) {
                 *x = exp(*x - max);
                 *s += *x;
             }
-            let inv = 1.0 / sums.iter().sum::<f32>();
-            for x in row.iter_mut() {
-                *x *= inv;
-            }
+        }
+        for (s, x) in sums.iter_mut().zip(chunks.into_remainder()) {
+            *x = exp(*x - max);
+            *s += *x;
+        }
+        let inv = 1.0 / sums.iter().sum::<f32>();
+        for x in row.iter_mut() {
+            *x *= inv;
         }
     }
 
