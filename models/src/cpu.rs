@@ -197,8 +197,9 @@ mod tests {
     #[test]
     fn attention_matches_burn_attention() {
         let device = Device::flex();
-        // (B, Nq, Nk, heads, d): TNT's inner attention, ViT-like, DETR's cross-attention.
-        for (b, nq, nk, h, d) in [(5, 16, 16, 4, 6), (2, 197, 197, 3, 64), (2, 10, 37, 8, 32)] {
+        // (B, Nq, Nk, heads, d): TNT's inner attention, ViT-like, DETR's cross-attention, and
+        // a masked narrow one (masks where Nq != Nk); narrow and wide heads take different paths.
+        for (b, nq, nk, h, d) in [(5, 16, 16, 4, 6), (2, 197, 197, 3, 64), (2, 10, 37, 8, 32), (3, 7, 20, 2, 8)] {
             let c = h * d;
             // q and k as slices of one projection, as the models produce them.
             let qk = random([b, nq.max(nk), 2 * c], &device);

@@ -246,37 +246,60 @@ pub(crate) struct Head<'a> {
 }
 
 impl Head<'_> {
-    /// Narrow heads: scores for one query against all keys at once from K transposed, then
-    /// the weighted sum of value rows (inlined into [`simd::attend_direct`]).
+    /// Narrow heads, computed transposed so that every inner loop runs along the queries:
+    /// Sᵀ[j] = Σ_t K[j, t] (scale Qᵀ[t]), softmax down the columns of Sᵀ, Oᵀ[t] = Σ_j V[j, t] Pᵀ[j]
+    /// (inlined into [`simd::attend_direct`]).
     #[inline(always)]
     fn direct(&self, o: *mut f32, o_rs: usize) {
-        let (nk, d) = (self.nk, self.d);
-        let mut kt = vec![0.0f32; d * nk];
-        for j in 0..nk {
+        let (nq, nk, d) = (self.nq, self.nk, self.d);
+        let mut qt = vec![0.0f32; d * nq];
+        for i in 0..nq {
             for t in 0..d {
-                kt[t * nk + j] = self.k[j * self.k_rs + t] * self.scale;
+                qt[t * nq + i] = self.q[i * self.q_rs + t] * self.scale;
             }
         }
-        let mut p = vec![0.0f32; nk];
-        let mut acc = vec![0.0f32; d];
-        for i in 0..self.nq {
-            let qi = &self.q[i * self.q_rs..][..d];
-            p.fill(0.0);
-            for (t, &qv) in qi.iter().enumerate() {
-                for (pj, &kv) in p.iter_mut().zip(&kt[t * nk..(t + 1) * nk]) {
-                    *pj += qv * kv;
+        // Sᵀ, row j: key j against every query; ignored keys get -inf.
+        let mut st = vec![0.0f32; nk * nq];
+        for (j, row) in st.chunks_exact_mut(nq).enumerate() {
+            if self.masked.is_some_and(|m| m[j]) {
+                row.fill(f32::NEG_INFINITY);
+                continue;
+            }
+            for (t, qt_row) in qt.chunks_exact(nq).enumerate() {
+                let kjt = self.k[j * self.k_rs + t];
+                for (s, &q) in row.iter_mut().zip(qt_row) {
+                    *s += kjt * q;
                 }
             }
-            self.mask(&mut p);
-            simd::softmax_row(&mut p);
-            acc.fill(0.0);
-            for (j, &pj) in p.iter().enumerate() {
-                for (a, &vv) in acc.iter_mut().zip(&self.v[j * self.v_rs..][..d]) {
-                    *a += pj * vv;
+        }
+        let mut max = vec![f32::NEG_INFINITY; nq];
+        for row in st.chunks_exact(nq) {
+            for (m, &s) in max.iter_mut().zip(row) {
+                *m = m.max(s);
+            }
+        }
+        let mut sum = vec![0.0f32; nq];
+        for row in st.chunks_exact_mut(nq) {
+            for ((s, &m), z) in row.iter_mut().zip(&max).zip(sum.iter_mut()) {
+                *s = simd::exp(*s - m);
+                *z += *s;
+            }
+        }
+        let mut ot = vec![0.0f32; d * nq];
+        for (j, p_row) in st.chunks_exact(nq).enumerate() {
+            for (t, ot_row) in ot.chunks_exact_mut(nq).enumerate() {
+                let vjt = self.v[j * self.v_rs + t];
+                for (acc, &p) in ot_row.iter_mut().zip(p_row) {
+                    *acc += vjt * p;
                 }
             }
-            // SAFETY: row i of this head's output block (see `attention`).
-            unsafe { core::ptr::copy_nonoverlapping(acc.as_ptr(), o.add(i * o_rs), d) };
+        }
+        for (i, z) in sum.iter().enumerate() {
+            let inv = 1.0 / z;
+            for t in 0..d {
+                // SAFETY: row i of this head's output block (see `attention`).
+                unsafe { *o.add(i * o_rs + t) = ot[t * nq + i] * inv };
+            }
         }
     }
 
@@ -369,7 +392,7 @@ mod simd {
 
     /// e^x with Cephes' range reduction and polynomial (float32 accuracy); 0 below -87.
     #[inline(always)]
-    fn exp(x: f32) -> f32 {
+    pub(super) fn exp(x: f32) -> f32 {
         let xc = x.clamp(-87.0, 88.0);
         let n = (xc * core::f32::consts::LOG2_E + 0.5).floor();
         let r = xc - n * 0.693_359_4 + n * 2.121_944_4e-4;
