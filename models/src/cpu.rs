@@ -1,6 +1,6 @@
 //! Fused inference kernels for the `flex` CPU backend.
 //!
-//! The models call [`linear`], [`gelu`], [`channel_affine`] and [`attention`] instead of Burn's ops. On a flex
+//! The models call [`linear`], [`gelu`], [`conv2d`], [`channel_affine`] and [`attention`] instead of Burn's ops. On a flex
 //! tensor outside autodiff (inference, validation) they run the kernels below; anywhere else
 //! (GPU, libtorch, ndarray, training) they fall back to Burn's ops, so every backend computes
 //! the same function and training differentiates through Burn as usual.
@@ -11,12 +11,15 @@
 //!   threshold still use both cores.
 //! - `gelu`: the exact (erf) GELU as a branch-free rational function the compiler vectorises,
 //!   instead of a scalar `erff` per element.
+//! - `conv2d`: a 3x3 convolution as nine matrix products over shifted views of the padded
+//!   image, accumulating into one output, instead of building the im2col matrix.
 //! - `channel_affine`: frozen batch norm, residual sum and ReLU in one pass over the feature
 //!   map instead of four.
 //! - `attention`: queries, keys and values are read in place from the projections' outputs
 //!   (no head split or merge copies), one (batch, head) pair per task.
 
-use burn::nn::Linear;
+use burn::nn::conv::Conv2d;
+use burn::nn::{Linear, PaddingConfig2d};
 use burn::prelude::*;
 
 #[cfg(feature = "flex")]
@@ -56,6 +59,26 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         Err(x) => x,
     };
     burn::tensor::activation::gelu(x)
+}
+
+/// A convolution's forward pass; 3x3 stride-1 convolutions padded by 1 (most of ResNet's
+/// arithmetic) run as nine shifted matrix products on the padded image, without im2col.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    {
+        let same_3x3 = conv.kernel_size == [3, 3]
+            && conv.stride == [1, 1]
+            && conv.dilation == [1, 1]
+            && conv.groups == 1
+            && matches!(conv.padding, PaddingConfig2d::Explicit(1, 1, 1, 1));
+        if same_3x3 {
+            match flex::conv3x3(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val())) {
+                Ok(y) => return y,
+                Err(x) => return conv.forward(x),
+            }
+        }
+    }
+    conv.forward(x)
 }
 
 /// `relu?(x * scale[c] + shift[c] (+ residual))` per channel `c` of `x` `[B, C, H, W]`: a frozen
@@ -168,6 +191,23 @@ mod tests {
         gelu(tails)
             .into_data()
             .assert_approx_eq::<f32>(&TensorData::from([0.0f32, 0.0, 9.0, 30.0, 0.0]), Tolerance::absolute(1e-6));
+    }
+
+    #[test]
+    fn conv3x3_matches_burn_conv() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex();
+        for (bias, cin, cout, h, w) in [(false, 5, 7, 9, 6), (true, 3, 16, 4, 11)] {
+            let conv = Conv2dConfig::new([cin, cout], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_bias(bias)
+                .init(&device);
+            let x = random([2, cin, h, w], &device);
+            let expected = conv.forward(x.clone());
+            conv2d(&conv, x)
+                .into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-5));
+        }
     }
 
     #[test]

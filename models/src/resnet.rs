@@ -8,7 +8,7 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxP
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 
-use crate::cpu::channel_affine;
+use crate::cpu::{channel_affine, conv2d};
 use crate::import::{Checkpoint, Tensors};
 
 /// Batch norm with fixed statistics and affine parameters:
@@ -101,9 +101,9 @@ impl Bottleneck {
             Some(d) => d.bn.forward(d.conv.forward(x.clone())),
             None => x.clone(),
         };
-        let y = self.bn1.forward_fused(self.conv1.forward(x), None, true);
-        let y = self.bn2.forward_fused(self.conv2.forward(y), None, true);
-        self.bn3.forward_fused(self.conv3.forward(y), Some(shortcut), true)
+        let y = self.bn1.forward_fused(conv2d(&self.conv1, x), None, true);
+        let y = self.bn2.forward_fused(conv2d(&self.conv2, y), None, true);
+        self.bn3.forward_fused(conv2d(&self.conv3, y), Some(shortcut), true)
     }
 }
 

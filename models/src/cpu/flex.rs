@@ -132,6 +132,62 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
     Ok(from_vec(data, shape))
 }
 
+/// 3x3 convolution, stride 1, padding 1: with the image zero-padded to `(H+2) x (W+2)` and
+/// flattened, kernel tap `(kh, kw)` reads the padded image shifted by `kh (W+2) + kw`, so
+/// `out = Σ_taps W[:, :, kh, kw] @ shifted` over a `H x (W+2)` grid whose last two columns
+/// are dropped at the end.
+pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Result<Tensor<4>, Tensor<4>> {
+    let bias_prim = bias.as_ref().map(float32);
+    let (Some(xt), Some(wt), None | Some(Some(_))) = (float32(&x), float32(&weight), &bias_prim) else {
+        return Err(x);
+    };
+    let [b, ci, h, w] = x.dims();
+    let co = weight.dims()[0];
+    drop(x);
+    let xt = xt.to_contiguous();
+    let xs = &xt.storage::<f32>()[xt.layout().start_offset()..];
+    let wt = wt.to_contiguous();
+    let ws = &wt.storage::<f32>()[wt.layout().start_offset()..];
+    let bias: Option<Vec<f32>> = bias_prim.flatten().map(|t| tensor::<1>(t).into_data().try_into_vec::<f32>().expect("float32"));
+    let wp = w + 2;
+    let plane = (h + 2) * wp;
+    let n = h * wp;
+    let mut out = Vec::with_capacity(b * co * h * w);
+    // The last taps read up to two elements past the last padded plane.
+    let mut padded = vec![0.0f32; ci * plane + 2];
+    let mut grid = vec![0.0f32; co * n];
+    for image in xs.chunks_exact(ci * h * w).take(b) {
+        padded.par_chunks_mut(plane).zip(image.par_chunks_exact(h * w)).for_each(|(p, x)| {
+            for (row, x_row) in p[wp..].chunks_exact_mut(wp).zip(x.chunks_exact(w)) {
+                row[1..=w].copy_from_slice(x_row);
+            }
+        });
+        match &bias {
+            Some(bias) => grid.par_chunks_mut(n).zip(bias).for_each(|(g, &v)| g.fill(v)),
+            None => grid.fill(0.0),
+        }
+        for tap in 0..9 {
+            let shift = (tap / 3) * wp + tap % 3;
+            // SAFETY: dst is co x n; lhs is W[:, :, kh, kw] (row stride ci*9, column stride 9);
+            // rhs row c is the padded plane c from `shift`, n elements, inside `padded`.
+            unsafe {
+                gemm::gemm(
+                    co, n, ci, grid.as_mut_ptr(), 1, n as isize, true,
+                    ws.as_ptr().add(tap), 9, (ci * 9) as isize,
+                    padded.as_ptr().add(shift), 1, plane as isize,
+                    1.0f32, 1.0f32, false, false, false, gemm::Parallelism::Rayon(0),
+                );
+            }
+        }
+        for g in grid.chunks_exact(n) {
+            for row in g.chunks_exact(wp) {
+                out.extend_from_slice(&row[..w]);
+            }
+        }
+    }
+    Ok(from_vec(out, vec![b, co, h, w]))
+}
+
 type AffineArgs = (Tensor<4>, Tensor<1>, Tensor<1>, Option<Tensor<4>>);
 
 pub fn channel_affine(
