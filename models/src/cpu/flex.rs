@@ -264,7 +264,7 @@ pub fn attention(
     let scale = (d as f32).powf(-0.5);
     let mut out = vec![0.0f32; b * nq * c];
     let out_ptr = SharedMut(out.as_mut_ptr());
-    (0..b * num_heads).into_par_iter().with_min_len(8).for_each(|task| {
+    (0..b * num_heads).into_par_iter().with_min_len(8).for_each_init(Vec::new, |scratch, task| {
         let (bi, h) = (task / num_heads, task % num_heads);
         let head = Head {
             q: &qs[bi * q_bs + h * d..],
@@ -281,7 +281,7 @@ pub fn attention(
         };
         // SAFETY: task (bi, h) writes only columns h*d..(h+1)*d of batch element bi's rows.
         let o = unsafe { out_ptr.at(bi * nq * c + h * d) };
-        if d <= SMALL_HEAD { simd::attend_direct((&head, o, c)) } else { head.with_gemm(o, c) }
+        if d <= SMALL_HEAD { simd::attend_direct((&head, scratch, o, c)) } else { head.with_gemm(o, c) }
     });
     Ok(from_vec(out, vec![b, nq, c]))
 }
@@ -306,16 +306,22 @@ impl Head<'_> {
     /// Sᵀ[j] = Σ_t K[j, t] (scale Qᵀ[t]), softmax down the columns of Sᵀ, Oᵀ[t] = Σ_j V[j, t] Pᵀ[j]
     /// (inlined into [`simd::attend_direct`]).
     #[inline(always)]
-    fn direct(&self, o: *mut f32, o_rs: usize) {
+    fn direct(&self, scratch: &mut Vec<f32>, o: *mut f32, o_rs: usize) {
         let (nq, nk, d) = (self.nq, self.nk, self.d);
-        let mut qt = vec![0.0f32; d * nq];
+        // Qᵀ, Sᵀ, the column maxima and sums, Oᵀ: one buffer reused by a task's heads.
+        scratch.clear();
+        scratch.resize(d * nq + nk * nq + 2 * nq + d * nq, 0.0);
+        let (qt, rest) = scratch.split_at_mut(d * nq);
+        let (st, rest) = rest.split_at_mut(nk * nq);
+        let (max, rest) = rest.split_at_mut(nq);
+        let (sum, ot) = rest.split_at_mut(nq);
+        max.fill(f32::NEG_INFINITY);
         for i in 0..nq {
             for t in 0..d {
                 qt[t * nq + i] = self.q[i * self.q_rs + t] * self.scale;
             }
         }
         // Sᵀ, row j: key j against every query; ignored keys get -inf.
-        let mut st = vec![0.0f32; nk * nq];
         for (j, row) in st.chunks_exact_mut(nq).enumerate() {
             if self.masked.is_some_and(|m| m[j]) {
                 row.fill(f32::NEG_INFINITY);
@@ -328,20 +334,17 @@ impl Head<'_> {
                 }
             }
         }
-        let mut max = vec![f32::NEG_INFINITY; nq];
         for row in st.chunks_exact(nq) {
             for (m, &s) in max.iter_mut().zip(row) {
                 *m = m.max(s);
             }
         }
-        let mut sum = vec![0.0f32; nq];
         for row in st.chunks_exact_mut(nq) {
-            for ((s, &m), z) in row.iter_mut().zip(&max).zip(sum.iter_mut()) {
+            for ((s, &m), z) in row.iter_mut().zip(max.iter()).zip(sum.iter_mut()) {
                 *s = simd::exp(*s - m);
                 *z += *s;
             }
         }
-        let mut ot = vec![0.0f32; d * nq];
         for (j, p_row) in st.chunks_exact(nq).enumerate() {
             for (t, ot_row) in ot.chunks_exact_mut(nq).enumerate() {
                 let vjt = self.v[j * self.v_rs + t];
@@ -503,9 +506,9 @@ mod simd {
 
     multiversion! {
         /// One narrow attention head, `Head::direct` compiled for the vector units.
-        fn attend_direct(args: (&super::Head<'_>, *mut f32, usize)) {
-            let (head, o, o_rs) = args;
-            head.direct(o, o_rs)
+        fn attend_direct(args: (&super::Head<'_>, &mut Vec<f32>, *mut f32, usize)) {
+            let (head, scratch, o, o_rs) = args;
+            head.direct(scratch, o, o_rs)
         }
     }
 
