@@ -19,7 +19,7 @@
 //!   (no head split or merge copies), one (batch, head) pair per task.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{Linear, PaddingConfig2d};
+use burn::nn::Linear;
 use burn::prelude::*;
 
 #[cfg(feature = "flex")]
@@ -70,7 +70,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
             && conv.stride == [1, 1]
             && conv.dilation == [1, 1]
             && conv.groups == 1
-            && matches!(conv.padding, PaddingConfig2d::Explicit(1, 1, 1, 1));
+            && matches!(conv.padding, burn::nn::PaddingConfig2d::Explicit(1, 1, 1, 1));
         if same_3x3 {
             match flex::conv3x3(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val())) {
                 Ok(y) => return y,
@@ -147,6 +147,7 @@ pub fn attention_by_ops(
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use super::*;
+    use burn::nn::PaddingConfig2d;
     use burn::tensor::{Distribution, Tolerance};
 
     fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
