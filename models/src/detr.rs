@@ -10,7 +10,7 @@ use burn::tensor::activation::{relu, sigmoid};
 use serde::{Deserialize, Serialize};
 
 use crate::import::{Checkpoint, Tensors};
-use crate::cpu::{attention, linear, linear_with};
+use crate::cpu::{attention, conv2d, linear, linear_with};
 use crate::resnet::{ResNet, torchvision_key};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -330,7 +330,7 @@ impl Detr {
         let d = pos.dims()[1];
         // [B, d, h, w] -> [B, h*w, d]: one token per feature-map cell, row-major.
         let tokens = |x: Tensor<4>| x.flatten::<3>(2, 3).swap_dims(1, 2);
-        let src = tokens(self.input_proj.forward(features));
+        let src = tokens(conv2d(&self.input_proj, features));
         let pos = tokens(pos);
         let mask = mask.reshape([b, h * w]);
 

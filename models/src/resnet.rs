@@ -8,7 +8,7 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxP
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 
-use crate::cpu::{channel_affine, conv2d};
+use crate::cpu::{channel_affine, conv2d, max_pool2d};
 use crate::import::{Checkpoint, Tensors};
 
 /// Batch norm with fixed statistics and affine parameters:
@@ -98,7 +98,7 @@ impl Bottleneck {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let shortcut = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            Some(d) => d.bn.forward(conv2d(&d.conv, x.clone())),
             None => x.clone(),
         };
         let y = self.bn1.forward_fused(conv2d(&self.conv1, x), None, true);
@@ -164,7 +164,7 @@ impl ResNet {
     /// The last stage's feature map `[B, num_features, H/32, W/32]` (2048 channels for ResNet-50).
     pub fn forward_features(&self, images: Tensor<4>) -> Tensor<4> {
         let x = self.bn1.forward_fused(self.conv1.forward(images), None, true);
-        let mut x = self.maxpool.forward(x);
+        let mut x = max_pool2d(&self.maxpool, x);
         for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
             x = block.forward(x);
         }

@@ -8,6 +8,8 @@ use rayon::prelude::*;
 
 /// Products with fewer multiply-adds than this run on one thread.
 const THREADED_MACS: usize = 1 << 19;
+/// Floats of working set per task that stay in a core's L2 cache (512 KiB).
+const CACHE_FLOATS: usize = 1 << 17;
 /// Elements per task in element-wise kernels.
 const CHUNK: usize = 1 << 14;
 
@@ -132,11 +134,17 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
     Ok(from_vec(data, shape))
 }
 
-/// 3x3 convolution, stride 1, padding 1: with the image zero-padded to `(H+2) x (W+2)` and
-/// flattened, kernel tap `(kh, kw)` reads the padded image shifted by `kh (W+2) + kw`, so
-/// `out = Σ_taps W[:, :, kh, kw] @ shifted` over a `H x (W+2)` grid whose last two columns
-/// are dropped at the end.
-pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Result<Tensor<4>, Tensor<4>> {
+/// Convolutions that are sums of matrix products over views of one image (`[C_in, plane]`
+/// flattened): tap `t` multiplies `W[:, :, t]` by the image read from offset `shifts[t]`.
+/// `kernel_size` 1: one tap on the image itself; 3 (stride 1, padding 1): on the image
+/// zero-padded to `(H+2) x (W+2)`, tap `(kh, kw)` is the padded image shifted by
+/// `kh (W+2) + kw`, over a `H x (W+2)` grid whose last two columns are dropped at the end.
+pub fn conv_taps(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    kernel_size: usize,
+) -> Result<Tensor<4>, Tensor<4>> {
     let bias_prim = bias.as_ref().map(float32);
     let (Some(xt), Some(wt), None | Some(Some(_))) = (float32(&x), float32(&weight), &bias_prim) else {
         return Err(x);
@@ -149,43 +157,93 @@ pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Resu
     let wt = wt.to_contiguous();
     let ws = &wt.storage::<f32>()[wt.layout().start_offset()..];
     let bias: Option<Vec<f32>> = bias_prim.flatten().map(|t| tensor::<1>(t).into_data().try_into_vec::<f32>().expect("float32"));
-    let wp = w + 2;
-    let plane = (h + 2) * wp;
+    let taps = kernel_size * kernel_size;
+    let pad = kernel_size / 2;
+    let wp = w + 2 * pad;
+    let plane = (h + 2 * pad) * wp;
     let n = h * wp;
+    let shifts: Vec<usize> = (0..taps).map(|t| (t / kernel_size) * wp + t % kernel_size).collect();
+    // Written out (not calloc's lazily mapped zeros): faulting pages in from the tasks costs more.
     let mut out = Vec::with_capacity(b * co * h * w);
-    // The last taps read up to two elements past the last padded plane.
-    let mut padded = vec![0.0f32; ci * plane + 2];
-    let mut grid = vec![0.0f32; co * n];
-    for image in xs.chunks_exact(ci * h * w).take(b) {
-        padded.par_chunks_mut(plane).zip(image.par_chunks_exact(h * w)).for_each(|(p, x)| {
-            for (row, x_row) in p[wp..].chunks_exact_mut(wp).zip(x.chunks_exact(w)) {
-                row[1..=w].copy_from_slice(x_row);
+    out.resize(b * co * h * w, 0.0f32);
+    // The last taps read up to 2 pad elements past the last padded plane.
+    let mut padded = if pad > 0 { vec![0.0f32; ci * plane + 2 * pad] } else { Vec::new() };
+    let mut grid = if pad > 0 { vec![0.0f32; co * n] } else { Vec::new() };
+    for (image, out) in xs.chunks_exact(ci * h * w).zip(out.chunks_exact_mut(co * h * w)) {
+        let (source, dst) = if pad > 0 {
+            padded.par_chunks_mut(plane).zip(image.par_chunks_exact(h * w)).for_each(|(p, x)| {
+                for (row, x_row) in p[pad * wp..].chunks_exact_mut(wp).zip(x.chunks_exact(w)) {
+                    row[pad..pad + w].copy_from_slice(x_row);
+                }
+            });
+            (&padded[..], &mut grid[..])
+        } else {
+            (image, &mut out[..])
+        };
+        if let Some(bias) = &bias {
+            dst.par_chunks_mut(n).zip(bias).for_each(|(g, &v)| g.fill(v));
+        } else if pad > 0 {
+            dst.fill(0.0);
+        }
+        // Column blocks small enough that a block's output and inputs stay in cache across
+        // the taps; one block per task.
+        let block = (CACHE_FLOATS / (co + ci)).clamp(64, n.max(64));
+        let dst_ptr = SharedMut(dst.as_mut_ptr());
+        (0..n.div_ceil(block)).into_par_iter().for_each(|i| {
+            let j0 = i * block;
+            let cols = block.min(n - j0);
+            for (tap, &shift) in shifts.iter().enumerate() {
+                // SAFETY: dst is columns j0..j0+cols of the co x n output (this task's alone);
+                // lhs is W[:, :, tap] (row stride ci*taps, column stride taps); rhs row c is
+                // plane c of the source from shift + j0, cols elements, inside the source.
+                unsafe {
+                    gemm::gemm(
+                        co, cols, ci, dst_ptr.at(j0), 1, n as isize, true,
+                        ws.as_ptr().add(tap), taps as isize, (ci * taps) as isize,
+                        source.as_ptr().add(shift + j0), 1, plane as isize,
+                        1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+                    );
+                }
             }
         });
-        match &bias {
-            Some(bias) => grid.par_chunks_mut(n).zip(bias).for_each(|(g, &v)| g.fill(v)),
-            None => grid.fill(0.0),
-        }
-        for tap in 0..9 {
-            let shift = (tap / 3) * wp + tap % 3;
-            // SAFETY: dst is co x n; lhs is W[:, :, kh, kw] (row stride ci*9, column stride 9);
-            // rhs row c is the padded plane c from `shift`, n elements, inside `padded`.
-            unsafe {
-                gemm::gemm(
-                    co, n, ci, grid.as_mut_ptr(), 1, n as isize, true,
-                    ws.as_ptr().add(tap), 9, (ci * 9) as isize,
-                    padded.as_ptr().add(shift), 1, plane as isize,
-                    1.0f32, 1.0f32, false, false, false, gemm::Parallelism::Rayon(0),
-                );
-            }
-        }
-        for g in grid.chunks_exact(n) {
-            for row in g.chunks_exact(wp) {
-                out.extend_from_slice(&row[..w]);
+        if pad > 0 {
+            for (o, g) in out.chunks_exact_mut(w).zip(grid.chunks_exact(wp)) {
+                o.copy_from_slice(&g[..w]);
             }
         }
     }
     Ok(from_vec(out, vec![b, co, h, w]))
+}
+
+/// Max pooling with `k x k` windows, stride `s`, `p` rows and columns of padding that never win.
+pub fn max_pool(x: Tensor<4>, k: usize, s: usize, p: usize) -> Result<Tensor<4>, Tensor<4>> {
+    let Some(xt) = float32(&x) else { return Err(x) };
+    let [b, c, h, w] = x.dims();
+    drop(x);
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    let xt = xt.to_contiguous();
+    let xs = &xt.storage::<f32>()[xt.layout().start_offset()..][..b * c * h * w];
+    let mut out = vec![0.0f32; b * c * oh * ow];
+    out.par_chunks_mut(oh * ow).zip(xs.par_chunks_exact(h * w)).for_each(|(out, plane)| {
+        let mut rows_max = vec![0.0f32; w];
+        for (i, out_row) in out.chunks_exact_mut(ow).enumerate() {
+            // Window rows clipped to the image (padding never wins a max).
+            let r0 = (i * s).saturating_sub(p);
+            let r1 = (i * s + k - p).min(h);
+            rows_max.copy_from_slice(&plane[r0 * w..][..w]);
+            for r in r0 + 1..r1 {
+                for (m, &v) in rows_max.iter_mut().zip(&plane[r * w..][..w]) {
+                    *m = m.max(v);
+                }
+            }
+            for (j, o) in out_row.iter_mut().enumerate() {
+                let c0 = (j * s).saturating_sub(p);
+                let c1 = (j * s + k - p).min(w);
+                *o = rows_max[c0..c1].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            }
+        }
+    });
+    Ok(from_vec(out, vec![b, c, oh, ow]))
 }
 
 type AffineArgs = (Tensor<4>, Tensor<1>, Tensor<1>, Option<Tensor<4>>);
