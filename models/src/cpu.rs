@@ -15,6 +15,8 @@
 //! - `conv2d`: a 3x3 convolution as nine matrix products over shifted views of the padded
 //!   image, accumulating into one output, instead of building the im2col matrix, in column
 //!   blocks that stay in cache.
+//!   Strided ones (ResNet's stem and stage entries) unfold the input in blocks of output rows
+//!   that stay in cache.
 //! - `max_pool2d`: the window maximum over a plane in one pass (rows first, then columns).
 //! - `channel_affine`: frozen batch norm, residual sum and ReLU in one pass over the feature
 //!   map instead of four.
@@ -77,11 +79,18 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
             ([3, 3], Explicit(1, 1, 1, 1)) => Some(3),
             _ => None,
         };
+        let bias = || conv.bias.as_ref().map(|b| b.val());
         if let (true, Some(k)) = (plain, kernel) {
-            match flex::conv_taps(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), k) {
-                Ok(y) => return y,
-                Err(x) => return conv.forward(x),
-            }
+            return flex::conv_taps(x, conv.weight.val(), bias(), k).unwrap_or_else(|x| conv.forward(x));
+        }
+        // Strided convolutions (the stem, the first block of each stage) by blocked im2col.
+        let symmetric = match conv.padding {
+            Explicit(top, left, bottom, right) if top == bottom && left == right => Some([top, left]),
+            _ => None,
+        };
+        if let (Some(padding), [1, 1], 1, true) = (symmetric, conv.dilation, conv.groups, conv.stride != [1, 1]) {
+            return flex::conv_unfold(x, conv.weight.val(), bias(), conv.stride, padding)
+                .unwrap_or_else(|x| conv.forward(x));
         }
     }
     conv.forward(x)
@@ -239,10 +248,31 @@ mod tests {
             let x = random([2, cin, h, w], &device);
             let expected = conv.forward(x.clone());
             let bias = conv.bias.as_ref().map(|b| b.val());
-            flex::conv_taps(x, conv.weight.val(), bias, k)
+            flex::conv_taps(x.clone(), conv.weight.val(), bias.clone(), k)
+                .unwrap()
+                .into_data()
+                .assert_approx_eq::<f32>(&expected.clone().into_data(), Tolerance::absolute(1e-5));
+            flex::conv_unfold(x, conv.weight.val(), bias, [1, 1], [k / 2, k / 2])
                 .unwrap()
                 .into_data()
                 .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-5));
+        }
+    }
+
+    #[test]
+    fn strided_conv_matches_burn_conv() {
+        use burn::nn::conv::Conv2dConfig;
+        let device = Device::flex();
+        // ResNet's stem, a strided 3x3 and a strided 1x1 (odd and even sizes).
+        for (k, s, p, bias, cin, cout, h, w) in [(7, 2, 3, false, 3, 8, 37, 50), (3, 2, 1, true, 5, 6, 9, 12), (1, 2, 0, false, 4, 3, 7, 8)] {
+            let conv = Conv2dConfig::new([cin, cout], [k, k])
+                .with_stride([s, s])
+                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                .with_bias(bias)
+                .init(&device);
+            let x = random([2, cin, h, w], &device);
+            let expected = conv.forward(x.clone());
+            conv2d(&conv, x).into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-5));
         }
     }
 

@@ -163,7 +163,7 @@ impl ResNet {
 
     /// The last stage's feature map `[B, num_features, H/32, W/32]` (2048 channels for ResNet-50).
     pub fn forward_features(&self, images: Tensor<4>) -> Tensor<4> {
-        let x = self.bn1.forward_fused(self.conv1.forward(images), None, true);
+        let x = self.bn1.forward_fused(conv2d(&self.conv1, images), None, true);
         let mut x = max_pool2d(&self.maxpool, x);
         for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
             x = block.forward(x);

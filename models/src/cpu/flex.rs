@@ -215,6 +215,77 @@ pub fn conv_taps(
     Ok(from_vec(out, vec![b, co, h, w]))
 }
 
+/// Any convolution with one group and no dilation (here: ResNet's strided ones and its 7x7
+/// stem) by im2col in blocks of output rows: a task unfolds the input windows of its rows
+/// into a `[C_in kh kw, rows W_out]` matrix that stays in cache and multiplies `W` by it.
+pub fn conv_unfold(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Result<Tensor<4>, Tensor<4>> {
+    let bias_prim = bias.as_ref().map(float32);
+    let (Some(xt), Some(wt), None | Some(Some(_))) = (float32(&x), float32(&weight), &bias_prim) else {
+        return Err(x);
+    };
+    let [b, ci, h, w] = x.dims();
+    let [co, _, kh, kw] = weight.dims();
+    drop(x);
+    let ([sh, sw], [ph, pw]) = (stride, padding);
+    let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
+    let xt = xt.to_contiguous();
+    let xs = &xt.storage::<f32>()[xt.layout().start_offset()..];
+    let wt = wt.to_contiguous();
+    let ws = &wt.storage::<f32>()[wt.layout().start_offset()..];
+    let bias: Option<Vec<f32>> = bias_prim.flatten().map(|t| tensor::<1>(t).into_data().try_into_vec::<f32>().expect("float32"));
+    let kdim = ci * kh * kw;
+    let rows_per_block = (CACHE_FLOATS / (kdim * ow)).max(1);
+    let mut out = Vec::with_capacity(b * co * oh * ow);
+    out.resize(b * co * oh * ow, 0.0f32);
+    for (image, out) in xs.chunks_exact(ci * h * w).zip(out.chunks_exact_mut(co * oh * ow)) {
+        if let Some(bias) = &bias {
+            out.par_chunks_mut(oh * ow).zip(bias).for_each(|(o, &v)| o.fill(v));
+        }
+        let out_ptr = SharedMut(out.as_mut_ptr());
+        (0..oh.div_ceil(rows_per_block)).into_par_iter().for_each_init(Vec::new, |cols: &mut Vec<f32>, block| {
+            let oy0 = block * rows_per_block;
+            let rows = rows_per_block.min(oh - oy0);
+            let n = rows * ow;
+            cols.clear();
+            cols.resize(kdim * n, 0.0);
+            for (r, col) in cols.chunks_exact_mut(n).enumerate() {
+                let (c, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
+                // Output columns whose input column ox*sw + kj - pw is inside the image.
+                let lo = (pw.saturating_sub(kj)).div_ceil(sw);
+                let hi = ((w + pw).saturating_sub(kj)).div_ceil(sw).min(ow);
+                for dy in 0..rows {
+                    let iy = (oy0 + dy) * sh + ki;
+                    if iy < ph || iy >= h + ph || lo >= hi {
+                        continue;
+                    }
+                    let src = &image[c * h * w + (iy - ph) * w..][..w];
+                    let dst = &mut col[dy * ow..][..ow];
+                    for ox in lo..hi {
+                        dst[ox] = src[ox * sw + kj - pw];
+                    }
+                }
+            }
+            // SAFETY: dst is columns oy0*ow.. (rows*ow of them) of the co x (oh*ow) output,
+            // this task's alone; lhs is W as [co, kdim]; rhs is the kdim x n block.
+            unsafe {
+                gemm::gemm(
+                    co, n, kdim, out_ptr.at(oy0 * ow), 1, (oh * ow) as isize, true,
+                    ws.as_ptr(), 1, kdim as isize,
+                    cols.as_ptr(), 1, n as isize,
+                    1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+                );
+            }
+        });
+    }
+    Ok(from_vec(out, vec![b, co, oh, ow]))
+}
+
 /// Max pooling with `k x k` windows, stride `s`, `p` rows and columns of padding that never win.
 pub fn max_pool(x: Tensor<4>, k: usize, s: usize, p: usize) -> Result<Tensor<4>, Tensor<4>> {
     let Some(xt) = float32(&x) else { return Err(x) };
