@@ -91,7 +91,7 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=10, help="timed iterations of inference")
     p.add_argument("--train-iters", type=int, default=3, help="timed iterations of a training step")
-    p.add_argument("--rounds", type=int, default=3,
+    p.add_argument("--rounds", type=int, default=5,
                    help="inference cases alternate PyTorch and zoo this many times (the median round counts), "
                         "so that a slow spell of the machine does not fall on one side only")
     p.add_argument("--only", default="", help="run only the cases whose label contains this (no file written)")
@@ -116,8 +116,9 @@ def main():
             ratio = ours["images_per_sec"] / theirs
             mode = "train step" if train else "inference"
             rows.append((label, mode, batch, device, ours["images_per_sec"], theirs, ratio, ours["peak_rss_mb"]))
+            rounds_text = ", ".join(f"{r['images_per_sec']:.2f}/{t:.2f}" for r, t in zip(ours_by_round[device], theirs_by_round))
             print(f"{label} {mode} batch {batch} on {device}: zoo {ours['images_per_sec']:.2f} img/s, "
-                  f"torch {theirs:.2f} img/s, ratio {ratio:.2f}", flush=True)
+                  f"torch {theirs:.2f} img/s, ratio {ratio:.2f} (rounds zoo/torch: {rounds_text})", flush=True)
     if args.only:
         return
     cpu = platform.processor() or platform.machine()
