@@ -33,6 +33,11 @@ fn from_vec<const D: usize>(data: Vec<f32>, shape: Vec<usize>) -> Tensor<D> {
     tensor(FlexTensor::from_data(TensorData::new(data, shape)))
 }
 
+/// The elements of a float32 tensor in row-major order (a copy).
+fn values(t: FlexTensor) -> Vec<f32> {
+    t.to_contiguous().into_data().try_into_vec::<f32>().expect("float32")
+}
+
 /// Row-major strides of the last `N` dimensions of `t`, made contiguous in the last one.
 fn strided<const N: usize>(t: FlexTensor) -> (FlexTensor, [usize; N]) {
     let t = if t.layout().strides().last() == Some(&1) && t.layout().has_positive_strides() { t } else { t.to_contiguous() };
@@ -129,7 +134,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
         return Ok(tensor(t));
     }
     let shape = t.layout().shape().to_vec();
-    let mut data = t.to_contiguous().into_data().try_into_vec::<f32>().expect("float32");
+    let mut data = values(t);
     data.par_chunks_mut(CHUNK).for_each(simd::gelu_in_place);
     Ok(from_vec(data, shape))
 }
@@ -156,7 +161,7 @@ pub fn conv_taps(
     let xs = &xt.storage::<f32>()[xt.layout().start_offset()..];
     let wt = wt.to_contiguous();
     let ws = &wt.storage::<f32>()[wt.layout().start_offset()..];
-    let bias: Option<Vec<f32>> = bias_prim.flatten().map(|t| tensor::<1>(t).into_data().try_into_vec::<f32>().expect("float32"));
+    let bias: Option<Vec<f32>> = bias_prim.flatten().map(values);
     let taps = kernel_size * kernel_size;
     let pad = kernel_size / 2;
     let wp = w + 2 * pad;
@@ -238,7 +243,7 @@ pub fn conv_unfold(
     let xs = &xt.storage::<f32>()[xt.layout().start_offset()..];
     let wt = wt.to_contiguous();
     let ws = &wt.storage::<f32>()[wt.layout().start_offset()..];
-    let bias: Option<Vec<f32>> = bias_prim.flatten().map(|t| tensor::<1>(t).into_data().try_into_vec::<f32>().expect("float32"));
+    let bias: Option<Vec<f32>> = bias_prim.flatten().map(values);
     let kdim = ci * kh * kw;
     let rows_per_block = (CACHE_FLOATS / (kdim * ow)).max(1);
     let mut out = Vec::with_capacity(b * co * oh * ow);
@@ -327,15 +332,14 @@ pub fn channel_affine(
     relu: bool,
 ) -> Result<Tensor<4>, AffineArgs> {
     let residual_prim = residual.as_ref().map(float32);
-    let (Some(xt), Some(_), Some(_), None | Some(Some(_))) =
+    let (Some(xt), Some(scale_t), Some(shift_t), None | Some(Some(_))) =
         (float32(&x), float32(&scale), float32(&shift), &residual_prim)
     else {
         return Err((x, scale, shift, residual));
     };
     let [_, c, h, w] = x.dims();
     drop(x);
-    let values = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().expect("float32");
-    let (scale, shift) = (values(scale), values(shift));
+    let (scale, shift) = (values(scale_t), values(shift_t));
     let mut out = own_contiguous(xt);
     let residual = residual_prim.flatten().map(|r| r.to_contiguous());
     let residual = residual.as_ref().map(|r| &r.storage::<f32>()[r.layout().start_offset()..]);
@@ -357,7 +361,7 @@ fn own_contiguous(t: FlexTensor) -> FlexTensor {
         t
     } else {
         let shape = t.layout().shape().clone();
-        FlexTensor::from_data(TensorData::new(t.to_contiguous().into_data().try_into_vec::<f32>().expect("float32"), shape))
+        FlexTensor::from_data(TensorData::new(values(t), shape))
     }
 }
 
