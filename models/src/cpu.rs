@@ -22,6 +22,12 @@
 //!   map instead of four.
 //! - `attention`: queries, keys and values are read in place from the projections' outputs
 //!   (no head split or merge copies), one (batch, head) pair per task.
+//!
+//! The kernels, like flex itself, run on rayon's global pool. A program that calls the models
+//! from its own thread hands every operation to the pool and sleeps until it is done; at small
+//! batches (TNT-S at batch 1: thousands of sub-millisecond operations per image) the wake-ups
+//! cost a fifth of the time. Make the calling thread a pool thread first, as `zoo` does:
+//! `rayon::ThreadPoolBuilder::new().use_current_thread().build_global()`.
 
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
