@@ -38,7 +38,8 @@ fn keep_freed_memory() {
 /// 7.8 -> 10 images/s here, a TNT-S training step +9%). As a pool thread, the main thread computes
 /// its share of each operation and the pool is one thread smaller.
 fn compute_on_main_thread() {
-    // Fails only if the global pool already exists, which then serves as it is.
+    // On failure (the pool already exists, or a thread could not be started) rayon's pool is
+    // used as it is, or built as usual on first use.
     let _ = rayon::ThreadPoolBuilder::new().use_current_thread().build_global();
 }
 

@@ -132,8 +132,10 @@ fn shard_to_device(batch: &HostBatch, range: std::ops::Range<usize>, size: usize
 }
 
 /// The batch's mean loss and its gradients (on the model's device), computed data-parallel: each
-/// device takes an even share of the batch on its own copy of the model, in its own thread, and
-/// the shares' gradients, weighted by their size, are summed on the model's device.
+/// device takes an even share of the batch on its own copy of the model, the first on the calling
+/// thread and the others in threads of their own, and the shares' gradients, weighted by their
+/// size, are summed on the model's device. (The calling thread computes rather than waits: in
+/// `zoo` it is one of the threads of rayon's pool, which the CPU backends compute on.)
 fn data_parallel_step(model: &Classifier, batch: &HostBatch, devices: &[Device], size: usize, classes: usize, scale: f64) -> (f64, Vec<GradientsParams>) {
     let b = batch.labels.len();
     let main = model.devices()[0].clone();
@@ -143,21 +145,20 @@ fn data_parallel_step(model: &Classifier, batch: &HostBatch, devices: &[Device],
         .map(|(i, d)| (d.clone(), i * b / devices.len()..(i + 1) * b / devices.len()))
         .filter(|(_, r)| !r.is_empty())
         .collect();
+    let share_step = |(device, range): &(Device, std::ops::Range<usize>)| {
+        let replica = model.clone().fork(&device.clone().autodiff());
+        let (x, t) = shard_to_device(batch, range.clone(), size, classes, &replica.devices()[0]);
+        let weight = range.len() as f64 / b as f64;
+        let loss = soft_cross_entropy(replica.forward(x), t).mul_scalar(weight * scale);
+        let grads = GradientsParams::from_grads(loss.backward(), &replica).to_device(&main, &replica);
+        (loss.into_scalar::<f64>(), grads)
+    };
     let results: Vec<(f64, GradientsParams)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = shares
-            .iter()
-            .map(|(device, range)| {
-                let (replica, main) = (model.clone().fork(&device.clone().autodiff()), main.clone());
-                scope.spawn(move || {
-                    let (x, t) = shard_to_device(batch, range.clone(), size, classes, &replica.devices()[0]);
-                    let weight = range.len() as f64 / b as f64;
-                    let loss = soft_cross_entropy(replica.forward(x), t).mul_scalar(weight * scale);
-                    let grads = GradientsParams::from_grads(loss.backward(), &replica).to_device(&main, &replica);
-                    (loss.into_scalar::<f64>(), grads)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("a data-parallel worker panicked")).collect()
+        let Some((first, others)) = shares.split_first() else { return Vec::new() };
+        let handles: Vec<_> = others.iter().map(|share| scope.spawn(|| share_step(share))).collect();
+        std::iter::once(share_step(first))
+            .chain(handles.into_iter().map(|h| h.join().expect("a data-parallel worker panicked")))
+            .collect()
     });
     let loss = results.iter().map(|(l, _)| l).sum::<f64>() / scale;
     (loss, results.into_iter().map(|(_, g)| g).collect())
