@@ -26,6 +26,11 @@ train model config *args: build (_check-arch model config)
 eval model config weights *args: build (_check-arch model config)
     {{zoo}} eval --config {{config}} --weights {{weights}} {{args}}
 
+# Needs torch 2.9.0, timm, transformers and scipy on PATH's python3.
+# Every model against PyTorch side by side, ratios to BENCHMARKS.md: just bench [--devices flex,wgpu] [--only TNT-S]
+bench *args: build
+    python3 scripts/benchmarks.py --zoo {{zoo}} {{args}}
+
 # Run every test on the default (flex) build.
 test:
     cargo test --workspace
