@@ -61,7 +61,11 @@ impl PixelBoxes {
     /// Normalised (cx, cy, w, h) for an image of `(height, width)`.
     pub fn to_target(&self, (height, width): (usize, usize)) -> DetrTarget {
         let (w, h) = (width as f32, height as f32);
-        let boxes = self.boxes.iter().map(|b| [(b[0] + b[2]) / 2.0 / w, (b[1] + b[3]) / 2.0 / h, (b[2] - b[0]) / w, (b[3] - b[1]) / h]).collect();
+        let boxes = self
+            .boxes
+            .iter()
+            .map(|b| [(b[0] + b[2]) / 2.0 / w, (b[1] + b[3]) / 2.0 / h, (b[2] - b[0]) / w, (b[3] - b[1]) / h])
+            .collect();
         DetrTarget { labels: self.labels.clone(), boxes }
     }
 }
@@ -80,7 +84,11 @@ pub fn detr_resized_dims((h, w): (usize, usize), size: usize, max_size: Option<u
     if (w <= h && w == size) || (h <= w && h == size) {
         return (h, w);
     }
-    if w < h { ((size as f64 * h as f64 / w as f64) as usize, size) } else { (size, (size as f64 * w as f64 / h as f64) as usize) }
+    if w < h {
+        ((size as f64 * h as f64 / w as f64) as usize, size)
+    } else {
+        (size, (size as f64 * w as f64 / h as f64) as usize)
+    }
 }
 
 /// Channel-major normalised values of an RGB image.
@@ -119,7 +127,13 @@ impl DetrTrainTransform {
     }
 
     /// `RandomResize(sizes, max_size)`: a random shorter side, the boxes scaled with the image.
-    fn random_resize(img: &RgbImage, boxes: &mut PixelBoxes, sizes: &[usize], max_size: Option<usize>, rng: &mut StdRng) -> RgbImage {
+    fn random_resize(
+        img: &RgbImage,
+        boxes: &mut PixelBoxes,
+        sizes: &[usize],
+        max_size: Option<usize>,
+        rng: &mut StdRng,
+    ) -> RgbImage {
         let size = *sizes.choose(rng).expect("validated: at least one size");
         let (h, w) = (img.height() as usize, img.width() as usize);
         let (nh, nw) = detr_resized_dims((h, w), size, max_size);
@@ -143,7 +157,12 @@ impl DetrTrainTransform {
         let mut kept = PixelBoxes::default();
         for (&label, b) in boxes.labels.iter().zip(&boxes.boxes) {
             let (l, t) = (left as f32, top as f32);
-            let c = [(b[0] - l).clamp(0.0, cw as f32), (b[1] - t).clamp(0.0, ch as f32), (b[2] - l).clamp(0.0, cw as f32), (b[3] - t).clamp(0.0, ch as f32)];
+            let c = [
+                (b[0] - l).clamp(0.0, cw as f32),
+                (b[1] - t).clamp(0.0, ch as f32),
+                (b[2] - l).clamp(0.0, cw as f32),
+                (b[3] - t).clamp(0.0, ch as f32),
+            ];
             if c[2] > c[0] && c[3] > c[1] {
                 kept.labels.push(label);
                 kept.boxes.push(c);

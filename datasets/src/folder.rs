@@ -24,7 +24,8 @@ fn is_image(path: &Path) -> bool {
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let read = std::fs::read_dir(dir).map_err(|e| DataError::Invalid(format!("cannot read folder {}: {e}", dir.display())))?;
+    let read =
+        std::fs::read_dir(dir).map_err(|e| DataError::Invalid(format!("cannot read folder {}: {e}", dir.display())))?;
     let mut entries = read
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<Vec<_>, _>>()
@@ -52,7 +53,8 @@ impl ImageFolder {
         let mut classes = Vec::new();
         let mut samples = Vec::new();
         for (label, dir) in class_dirs.iter().enumerate() {
-            let images: Vec<PathBuf> = sorted_entries(dir)?.into_iter().filter(|p| p.is_file() && is_image(p)).collect();
+            let images: Vec<PathBuf> =
+                sorted_entries(dir)?.into_iter().filter(|p| p.is_file() && is_image(p)).collect();
             if images.is_empty() {
                 let message = format!("class folder {} has no images (.jpg, .jpeg, .png, .bmp)", dir.display());
                 if !allow_empty_classes {

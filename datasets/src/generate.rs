@@ -78,7 +78,10 @@ pub fn generate_shapes(
     seed: u64,
 ) -> Result<(), DataError> {
     if classes == 0 || classes > SHAPES.len() {
-        return Err(DataError::Invalid(format!("the textures dataset has 1 to {} classes, {classes} asked", SHAPES.len())));
+        return Err(DataError::Invalid(format!(
+            "the textures dataset has 1 to {} classes, {classes} asked",
+            SHAPES.len()
+        )));
     }
     let mut rng = StdRng::seed_from_u64(seed);
     for (split, count) in [("train", train_per_class), ("val", val_per_class)] {

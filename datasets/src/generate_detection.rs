@@ -85,12 +85,22 @@ fn scene(rng: &mut StdRng) -> (RgbImage, Vec<Object>) {
 /// Writes `train_images` + `val_images` images and their COCO instances files under `root`;
 /// returns the paths of the two annotation files. An annotation's `area` is its box's. The same
 /// seed gives the same files.
-pub fn generate_objects(root: &Path, train_images: usize, val_images: usize, seed: u64) -> Result<[PathBuf; 2], DataError> {
-    let io = |path: &Path, e: &dyn std::fmt::Display| DataError::Invalid(format!("cannot write {}: {e}", path.display()));
+pub fn generate_objects(
+    root: &Path,
+    train_images: usize,
+    val_images: usize,
+    seed: u64,
+) -> Result<[PathBuf; 2], DataError> {
+    let io =
+        |path: &Path, e: &dyn std::fmt::Display| DataError::Invalid(format!("cannot write {}: {e}", path.display()));
     let annotations_dir = root.join("annotations");
     std::fs::create_dir_all(&annotations_dir).map_err(|e| io(&annotations_dir, &e))?;
     let mut rng = StdRng::seed_from_u64(seed);
-    let categories: Vec<_> = OBJECTS.iter().enumerate().map(|(i, name)| json!({"id": i + 1, "name": name, "supercategory": "shape"})).collect();
+    let categories: Vec<_> = OBJECTS
+        .iter()
+        .enumerate()
+        .map(|(i, name)| json!({"id": i + 1, "name": name, "supercategory": "shape"}))
+        .collect();
     let mut written = Vec::new();
     let mut annotation_id = 0;
     for (split, count) in [("train", train_images), ("val", val_images)] {
@@ -102,7 +112,9 @@ pub fn generate_objects(root: &Path, train_images: usize, val_images: usize, see
             let file_name = format!("{image_id:06}.png");
             let path = dir.join(&file_name);
             image.save(&path).map_err(|e| io(&path, &e))?;
-            images.push(json!({"id": image_id, "file_name": file_name, "width": image.width(), "height": image.height()}));
+            images.push(
+                json!({"id": image_id, "file_name": file_name, "width": image.width(), "height": image.height()}),
+            );
             for o in objects {
                 annotation_id += 1;
                 let [x, y, w, h] = o.bbox;

@@ -20,7 +20,13 @@ fn scene() -> (RgbImage, PixelBoxes) {
     let img = RgbImage::from_fn(240, 180, |x, y| {
         let (x, y) = (x as f32 + 0.5, y as f32 + 0.5);
         let within = |b: [f32; 4]| x > b[0] && x < b[2] && y > b[1] && y < b[3];
-        Rgb(if within(boxes[0]) { RED } else if within(boxes[1]) { GREEN } else { [0, 0, 0] })
+        Rgb(if within(boxes[0]) {
+            RED
+        } else if within(boxes[1]) {
+            GREEN
+        } else {
+            [0, 0, 0]
+        })
     });
     (img, PixelBoxes { labels: vec![1, 2], boxes: boxes.to_vec() })
 }
@@ -47,7 +53,12 @@ fn extent(values: &[f32], (h, w): (usize, usize), channel: usize) -> Option<[f32
 #[test]
 fn boxes_follow_the_pixels() {
     let (img, boxes) = scene();
-    let augment = DetrAugmentConfig { scales: vec![96, 128, 160], max_size: 220, crop_scales: vec![120, 150], crop_size: [60, 110] };
+    let augment = DetrAugmentConfig {
+        scales: vec![96, 128, 160],
+        max_size: 220,
+        crop_scales: vec![120, 150],
+        crop_size: [60, 110],
+    };
     let data = DataConfig { mean: [0.0; 3], std: [1.0; 3], ..DataConfig::default() };
     let transform = DetrTrainTransform::new(&augment, 0.5, &data);
     let (mut flipped, mut cropped_away) = (0, 0);
@@ -58,7 +69,10 @@ fn boxes_follow_the_pixels() {
             let pixels = extent(&out.values, (out.height, out.width), channel);
             let Some(i) = target.labels.iter().position(|&l| l == label) else {
                 // A box dropped by the crop: its object is (almost) out of the picture.
-                assert!(pixels.is_none_or(|p| (p[2] - p[0]) * (p[3] - p[1]) < 9.0), "seed {seed}: label {label} dropped, pixels {pixels:?}");
+                assert!(
+                    pixels.is_none_or(|p| (p[2] - p[0]) * (p[3] - p[1]) < 9.0),
+                    "seed {seed}: label {label} dropped, pixels {pixels:?}"
+                );
                 cropped_away += 1;
                 continue;
             };
@@ -83,7 +97,12 @@ fn boxes_follow_the_pixels() {
 fn coco_annotations_become_targets() {
     let ann = |bbox: [f64; 4], crowd: bool| CocoBox { category_id: 7, bbox, crowd };
     let boxes = PixelBoxes::from_coco(
-        &[ann([10.0, 10.0, 20.0, 30.0], false), ann([0.0, 0.0, 50.0, 50.0], true), ann([90.0, -5.0, 30.0, 20.0], false), ann([40.0, 40.0, 0.0, 10.0], false)],
+        &[
+            ann([10.0, 10.0, 20.0, 30.0], false),
+            ann([0.0, 0.0, 50.0, 50.0], true),
+            ann([90.0, -5.0, 30.0, 20.0], false),
+            ann([40.0, 40.0, 0.0, 10.0], false),
+        ],
         (60, 100),
     );
     // Crowd left out, the third clamped to the image, the empty fourth dropped.
@@ -121,7 +140,10 @@ fn bad_detection_sets_are_named() {
     let [train, _] = generate_objects(dir.path(), 2, 1, 1).unwrap();
     std::fs::remove_file(dir.path().join("train/000002.png")).unwrap();
     let err = CocoDetection::open(&train, &dir.path().join("train")).unwrap_err().to_string();
-    assert!(err.contains("instances_train.json") && err.contains("000002.png") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("instances_train.json") && err.contains("000002.png") && err.contains("does not exist"),
+        "{err}"
+    );
 
     let empty = dir.path().join("empty.json");
     std::fs::write(&empty, r#"{"images": [], "annotations": [], "categories": []}"#).unwrap();
@@ -129,7 +151,8 @@ fn bad_detection_sets_are_named() {
     assert!(err.contains("empty.json") && err.contains("no images"), "{err}");
 
     let broken = dir.path().join("broken.json");
-    std::fs::write(&broken, r#"{"images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"id": 1, "image_id": 1"#).unwrap();
+    std::fs::write(&broken, r#"{"images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"id": 1, "image_id": 1"#)
+        .unwrap();
     let err = CocoDetection::open(&broken, dir.path()).unwrap_err().to_string();
     assert!(err.contains("broken.json"), "{err}");
 }

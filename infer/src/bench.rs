@@ -84,13 +84,15 @@ pub fn bench(config: &ZooConfig, device: &Device, opts: &BenchOptions) -> Result
                     .collect();
                 let criterion = SetCriterion::default();
                 let mut failed = None;
-                let s = time(opts.warmup, opts.iters, || match criterion.loss(&model.forward_all(x.clone(), mask.clone()), &targets) {
-                    Ok((loss, _)) => {
-                        let grads = GradientsParams::from_grads(loss.backward(), &model);
-                        model = optim.step(1e-4, model.clone(), grads);
-                        let _ = loss.into_data();
+                let s = time(opts.warmup, opts.iters, || {
+                    match criterion.loss(&model.forward_all(x.clone(), mask.clone()), &targets) {
+                        Ok((loss, _)) => {
+                            let grads = GradientsParams::from_grads(loss.backward(), &model);
+                            model = optim.step(1e-4, model.clone(), grads);
+                            let _ = loss.into_data();
+                        }
+                        Err(e) => failed = Some(e),
                     }
-                    Err(e) => failed = Some(e),
                 });
                 if let Some(e) = failed {
                     return Err(e);

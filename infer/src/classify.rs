@@ -37,10 +37,7 @@ pub struct Classification {
 
 /// Decodes and transforms images on all cores, in the given order.
 pub fn transform_images(paths: &[PathBuf], transform: &EvalTransform) -> Result<Vec<Vec<f32>>> {
-    paths
-        .par_iter()
-        .map(|p| Ok(transform.apply(&load_rgb(p)?)))
-        .collect()
+    paths.par_iter().map(|p| Ok(transform.apply(&load_rgb(p)?))).collect()
 }
 
 pub fn classify(
@@ -60,7 +57,10 @@ pub fn classify(
             let x = npy::read_batch(path, device)?;
             let [b, c, h, w] = x.dims();
             if c != 3 || h != size || w != size {
-                bail!("input {}: shape [{b}, {c}, {h}, {w}] given, [batch, 3, {size}, {size}] expected by the config", path.display());
+                bail!(
+                    "input {}: shape [{b}, {c}, {h}, {w}] given, [batch, 3, {size}, {size}] expected by the config",
+                    path.display()
+                );
             }
             logits.push(model.forward(x));
             (0..b).map(|i| format!("{}[{i}]", path.display())).collect()
@@ -91,20 +91,12 @@ pub fn classify(
             order
                 .into_iter()
                 .take(k)
-                .map(|class| TopK {
-                    class,
-                    label: labels.as_ref().map(|l| l[class].clone()),
-                    probability: p[class],
-                })
+                .map(|class| TopK { class, label: labels.as_ref().map(|l| l[class].clone()), probability: p[class] })
                 .collect()
         })
         .collect();
     debug_assert_eq!(logits.len(), b * classes);
-    Ok(Classification {
-        inputs: names,
-        logits: logits.chunks(classes).map(<[f32]>::to_vec).collect(),
-        top_k,
-    })
+    Ok(Classification { inputs: names, logits: logits.chunks(classes).map(<[f32]>::to_vec).collect(), top_k })
 }
 
 impl Classification {

@@ -105,7 +105,8 @@ fn run_classifier_demo(opts: &DemoOptions, device: &Device) -> Result<f64> {
 /// The detector half: returns the best validation AP and the AP50 of that epoch.
 fn run_detector_demo(out: &Path, epochs: Option<usize>, quiet: bool, device: &Device) -> Result<(f64, f64)> {
     let data = out.join("data").join("objects");
-    let mut config = ZooConfig::from_toml_str(DEMO_DETR_CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
+    let mut config =
+        ZooConfig::from_toml_str(DEMO_DETR_CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
     let train = config.train.as_mut().context("demo config has a [train] section")?;
     train.train_dir = data.join("train");
     train.val_dir = data.join("val");
@@ -132,7 +133,8 @@ fn run_detector_demo(out: &Path, epochs: Option<usize>, quiet: bool, device: &De
     config.data.labels = Some(labels);
     let model = load_detr(&config, Path::new(DEMO_DETR_CONFIG_NAME), &report.best_model, device)?;
     let images: Vec<PathBuf> = (1..=4).map(|i| data.join("val").join(format!("{i:06}.png"))).collect();
-    let (mut result, pictures) = detect(&model, &config, Path::new(DEMO_DETR_CONFIG_NAME), &Inputs::Images(images), 0.5, device)?;
+    let (mut result, pictures) =
+        detect(&model, &config, Path::new(DEMO_DETR_CONFIG_NAME), &Inputs::Images(images), 0.5, device)?;
     // Small images: draw on a 3x enlargement so that the labels can be read.
     const ZOOM: u32 = 3;
     let pictures = pictures

@@ -6,9 +6,9 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use image::RgbImage;
 use serde::Serialize;
+use zoo_datasets::DetrTransform;
 use zoo_datasets::coco::COCO_CATEGORY_NAMES;
 use zoo_datasets::detection::load_batch;
-use zoo_datasets::DetrTransform;
 use zoo_models::detr::{Detr, DetrConfig, postprocess};
 use zoo_models::{ModelConfig, ZooConfig, load_weights};
 
@@ -88,7 +88,12 @@ pub fn detect(
                 .filter(|d| d.score >= threshold)
                 .map(|d| {
                     let [x0, y0, x1, y1] = d.bbox_xyxy;
-                    DetectionJson { category_id: d.label, category: names[d.label].clone(), score: d.score, bbox: [x0, y0, x1 - x0, y1 - y0] }
+                    DetectionJson {
+                        category_id: d.label,
+                        category: names[d.label].clone(),
+                        score: d.score,
+                        bbox: [x0, y0, x1 - x0, y1 - y0],
+                    }
                 })
                 .collect();
             kept.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -149,7 +154,10 @@ impl DetectOutput {
             s.push_str(&format!("{input}: {} detections\n", dets.len()));
             for d in dets {
                 let [x, y, w, h] = d.bbox;
-                s.push_str(&format!("  {} ({}) {:.3} at x={x:.1} y={y:.1} w={w:.1} h={h:.1}\n", d.category, d.category_id, d.score));
+                s.push_str(&format!(
+                    "  {} ({}) {:.3} at x={x:.1} y={y:.1} w={w:.1} h={h:.1}\n",
+                    d.category, d.category_id, d.score
+                ));
             }
         }
         s

@@ -6,8 +6,14 @@ use image::{Rgb, RgbImage};
 /// A colour per class, spread around the hue circle.
 pub fn class_colour(label: usize) -> Rgb<u8> {
     const PALETTE: [[u8; 3]; 8] = [
-        [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48],
-        [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60],
+        [230, 25, 75],
+        [60, 180, 75],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
     ];
     Rgb(PALETTE[label % PALETTE.len()])
 }

@@ -77,11 +77,24 @@ pub struct ClassificationEval {
 }
 
 /// Top-1 / top-5 of a classifier over `data` (`<class>/<image>`, classes in sorted order).
-pub fn eval_classifier(config: &ZooConfig, config_path: &Path, weights: &Path, data: &Path, device: &Device) -> Result<ClassificationEval> {
+pub fn eval_classifier(
+    config: &ZooConfig,
+    config_path: &Path,
+    weights: &Path,
+    data: &Path,
+    device: &Device,
+) -> Result<ClassificationEval> {
     let model = load_classifier(config, config_path, weights, device)?;
     let size = config.model.image_size().context("not a classifier")?;
     let folder = ImageFolder::open(data, false)?;
-    let loader = Loader::new(&folder, config.eval.batch_size, size, Augment::Eval(EvalTransform::new(size, &config.data)), 0, false);
+    let loader = Loader::new(
+        &folder,
+        config.eval.batch_size,
+        size,
+        Augment::Eval(EvalTransform::new(size, &config.data)),
+        0,
+        false,
+    );
     let start = Instant::now();
     let (loss, top1, top5) = evaluate(&model, &loader, device, false)?;
     let images = folder.samples.len();

@@ -6,15 +6,15 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use zoo_infer::Inputs;
 use zoo_infer::bench::{BenchOptions, bench, bench_loader};
+use zoo_infer::classify::{classify, load_classifier};
+use zoo_infer::coco_eval::{CocoGroundTruth, evaluate, load_detections};
 use zoo_infer::demo::{DemoOptions, run_demo};
+use zoo_infer::detect::{detect, draw_detections, load_detr};
+use zoo_infer::device::{compiled_backends, devices_named, select_device};
 use zoo_infer::eval::{eval_classifier, eval_detr};
+use zoo_models::{ModelConfig, ZooConfig, save_burnpack};
 use zoo_train::detection::train_detr;
 use zoo_train::{TrainOptions, train_classifier};
-use zoo_infer::classify::{classify, load_classifier};
-use zoo_infer::detect::{detect, draw_detections, load_detr};
-use zoo_infer::coco_eval::{CocoGroundTruth, evaluate, load_detections};
-use zoo_infer::device::{compiled_backends, devices_named, select_device};
-use zoo_models::{ModelConfig, ZooConfig, save_burnpack};
 
 /// Tensors come and go by the megabyte. By default glibc's allocator maps each one of more than
 /// a few megabytes afresh and returns it to the kernel when freed, so every forward pass pays page
@@ -308,7 +308,8 @@ fn run(cli: Cli) -> Result<()> {
             match (&cfg.model, annotations, images, data) {
                 (ModelConfig::Detr(_), Some(annotations), Some(images), None) => {
                     let model = load_detr(&cfg, &config, &weights, &device)?;
-                    let result = eval_detr(&model, &cfg, &config, &annotations, &images, results_out.as_deref(), &device)?;
+                    let result =
+                        eval_detr(&model, &cfg, &config, &annotations, &images, results_out.as_deref(), &device)?;
                     if json {
                         println!("{}", serde_json::to_string(&result.to_json())?);
                     } else {
@@ -323,7 +324,11 @@ fn run(cli: Cli) -> Result<()> {
                     } else {
                         println!(
                             "{} images: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}, {:.1} images/s",
-                            r.images, 100.0 * r.top1, 100.0 * r.top5, r.loss, r.images_per_sec
+                            r.images,
+                            100.0 * r.top1,
+                            100.0 * r.top5,
+                            r.loss,
+                            r.images_per_sec
                         );
                     }
                 }
@@ -355,7 +360,14 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 println!(
                     "{} {} on {}: batch {} of {:?}: {:.2} images/s, {:.1} ms per batch, peak RSS {:.0} MiB",
-                    config.display(), r.mode, r.device, r.batch, r.input, r.images_per_sec, r.ms_per_batch, r.peak_rss_mb
+                    config.display(),
+                    r.mode,
+                    r.device,
+                    r.batch,
+                    r.input,
+                    r.images_per_sec,
+                    r.ms_per_batch,
+                    r.peak_rss_mb
                 );
             }
         }

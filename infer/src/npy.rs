@@ -8,8 +8,7 @@ use burn::prelude::*;
 /// Reads a float32 `[B, C, H, W]` batch.
 pub fn read_batch(path: &Path, device: &Device) -> Result<Tensor<4>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read input {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..])
-        .with_context(|| format!("input {} is not a .npy file", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).with_context(|| format!("input {} is not a .npy file", path.display()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     if npy.order() != npyz::Order::C {
         bail!("input {}: Fortran-ordered arrays are not supported, save it in C order", path.display());
@@ -34,10 +33,12 @@ mod tests {
     #[test]
     fn reads_numpy_float32_and_names_bad_files() {
         let device = Device::flex();
-        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/vit_tiny/input.npy");
+        let fixture =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/vit_tiny/input.npy");
         assert_eq!(read_batch(&fixture, &device).unwrap().dims(), [2, 3, 32, 32]);
 
-        let labels = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/detr_tiny/valid_mask.npy");
+        let labels =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/detr_tiny/valid_mask.npy");
         let err = read_batch(&labels, &device).unwrap_err().to_string();
         assert!(err.contains("valid_mask.npy") && err.contains("float32"), "{err}");
 

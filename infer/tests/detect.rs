@@ -17,7 +17,8 @@ fn detects_and_draws_on_a_photo() {
     let device = Device::flex();
     let config_path = repo("models/tests/fixtures/detr_tiny/config.toml");
     let config = ZooConfig::from_file(&config_path).unwrap();
-    let model = load_detr(&config, &config_path, &repo("models/tests/fixtures/detr_tiny/model.safetensors"), &device).unwrap();
+    let model =
+        load_detr(&config, &config_path, &repo("models/tests/fixtures/detr_tiny/model.safetensors"), &device).unwrap();
     let photo = repo("datasets/tests/data/chelsea.png");
     let (out, pictures) = detect(&model, &config, &config_path, &Inputs::Images(vec![photo]), 0.0, &device).unwrap();
     assert_eq!(out.pred_logits[0].len(), 10, "one row per query");

@@ -35,7 +35,8 @@ fn detr_eval_runs_over_a_coco_set() {
     let device = Device::flex();
     let config_path = repo("models/tests/fixtures/detr_tiny/config.toml");
     let config = ZooConfig::from_file(&config_path).unwrap();
-    let model = load_detr(&config, &config_path, &repo("models/tests/fixtures/detr_tiny/model.safetensors"), &device).unwrap();
+    let model =
+        load_detr(&config, &config_path, &repo("models/tests/fixtures/detr_tiny/model.safetensors"), &device).unwrap();
     let results = tmp.path().join("results.json");
     let r = eval_detr(&model, &config, &config_path, &annotations, &images, Some(&results), &device).unwrap();
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();

@@ -243,7 +243,12 @@ pub struct DetrAugmentConfig {
 
 impl Default for DetrAugmentConfig {
     fn default() -> Self {
-        Self { scales: detr_scales(), max_size: detr_max_size(), crop_scales: detr_crop_scales(), crop_size: detr_crop_size() }
+        Self {
+            scales: detr_scales(),
+            max_size: detr_max_size(),
+            crop_scales: detr_crop_scales(),
+            crop_size: detr_crop_size(),
+        }
     }
 }
 
@@ -285,12 +290,23 @@ impl TrainConfig {
             return Err("train.epochs, train.batch_size and train.grad_accum must be at least 1".into());
         }
         if !(self.lr > 0.0 && self.lr <= 1.0) || self.min_lr < 0.0 || self.min_lr > self.lr {
-            return Err(format!("train.lr = {} must be in (0, 1] and train.min_lr = {} in [0, lr]", self.lr, self.min_lr));
+            return Err(format!(
+                "train.lr = {} must be in (0, 1] and train.min_lr = {} in [0, lr]",
+                self.lr, self.min_lr
+            ));
         }
         if self.warmup_epochs >= self.epochs {
-            return Err(format!("train.warmup_epochs = {} must be less than train.epochs = {}", self.warmup_epochs, self.epochs));
+            return Err(format!(
+                "train.warmup_epochs = {} must be less than train.epochs = {}",
+                self.warmup_epochs, self.epochs
+            ));
         }
-        for (name, p) in [("mix_prob", self.mix_prob), ("switch_prob", self.switch_prob), ("hflip", self.hflip), ("label_smoothing", self.label_smoothing)] {
+        for (name, p) in [
+            ("mix_prob", self.mix_prob),
+            ("switch_prob", self.switch_prob),
+            ("hflip", self.hflip),
+            ("label_smoothing", self.label_smoothing),
+        ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("train.{name} = {p} must be in [0, 1]"));
             }
@@ -307,14 +323,20 @@ impl TrainConfig {
             return Err("give train.init_from (a whole model) or train.backbone_init (its backbone), not both".into());
         }
         if self.frozen_backbone_parts > 5 {
-            return Err(format!("train.frozen_backbone_parts = {} must be at most 5 (stem and four stages)", self.frozen_backbone_parts));
+            return Err(format!(
+                "train.frozen_backbone_parts = {} must be at most 5 (stem and four stages)",
+                self.frozen_backbone_parts
+            ));
         }
         let d = &self.detection;
         if d.scales.is_empty() || d.scales.contains(&0) || d.max_size == 0 || d.crop_scales.contains(&0) {
             return Err("train.detection.scales must not be empty, and no size may be 0".into());
         }
         if d.crop_size[0] == 0 || d.crop_size[0] > d.crop_size[1] {
-            return Err(format!("train.detection.crop_size = {:?} must be [min, max] with 0 < min <= max", d.crop_size));
+            return Err(format!(
+                "train.detection.crop_size = {:?} must be [min, max] with 0 < min <= max",
+                d.crop_size
+            ));
         }
         Ok(())
     }
@@ -360,12 +382,10 @@ impl ZooConfig {
     /// Reads and validates a TOML config; relative paths inside it are resolved against its folder.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-        let mut config = Self::from_toml_str(&text).map_err(|message| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let mut config =
+            Self::from_toml_str(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
         if let Some(dir) = path.parent() {
             let resolve = |p: &mut PathBuf| {
                 if p.is_relative() {
@@ -378,7 +398,15 @@ impl ZooConfig {
             if let Some(train) = &mut config.train {
                 resolve(&mut train.train_dir);
                 resolve(&mut train.val_dir);
-                for path in [&mut train.init_from, &mut train.backbone_init, &mut train.train_annotations, &mut train.val_annotations].into_iter().flatten() {
+                for path in [
+                    &mut train.init_from,
+                    &mut train.backbone_init,
+                    &mut train.train_annotations,
+                    &mut train.val_annotations,
+                ]
+                .into_iter()
+                .flatten()
+                {
                     resolve(path);
                 }
             }
@@ -427,8 +455,7 @@ impl ZooConfig {
     /// Class names from `data.labels`, if the config names a label file.
     pub fn labels(&self) -> Result<Option<Vec<String>>, ConfigError> {
         let Some(path) = &self.data.labels else { return Ok(None) };
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.clone(), source })?;
         Ok(Some(text.lines().map(|l| l.trim().to_string()).collect()))
     }
 }

@@ -29,9 +29,9 @@
 //! cost a fifth of the time. Make the calling thread a pool thread first, as `zoo` does:
 //! `rayon::ThreadPoolBuilder::new().use_current_thread().build_global()`.
 
+use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
-use burn::nn::Linear;
 use burn::prelude::*;
 
 #[cfg(feature = "flex")]
@@ -108,10 +108,7 @@ pub fn max_pool2d(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     {
         let [k, _] = pool.kernel_size;
         let [s, _] = pool.stride;
-        let simple = pool.kernel_size == [k, k]
-            && pool.stride == [s, s]
-            && pool.dilation == [1, 1]
-            && !pool.ceil_mode;
+        let simple = pool.kernel_size == [k, k] && pool.stride == [s, s] && pool.dilation == [1, 1] && !pool.ceil_mode;
         let padding = match pool.padding {
             burn::nn::PaddingConfig2d::Valid => Some(0),
             burn::nn::PaddingConfig2d::Explicit(a, b, c, d) if a == b && b == c && c == d && a < k => Some(a),
@@ -244,7 +241,13 @@ mod tests {
     fn conv_matches_burn_conv() {
         use burn::nn::conv::Conv2dConfig;
         let device = Device::flex();
-        let cases = [(3, false, 5, 7, 9, 6), (3, true, 3, 16, 4, 11), (3, true, 2, 5, 40, 300), (1, true, 6, 4, 5, 7), (1, false, 3, 8, 30, 500)];
+        let cases = [
+            (3, false, 5, 7, 9, 6),
+            (3, true, 3, 16, 4, 11),
+            (3, true, 2, 5, 40, 300),
+            (1, true, 6, 4, 5, 7),
+            (1, false, 3, 8, 30, 500),
+        ];
         for (k, bias, cin, cout, h, w) in cases {
             let conv = Conv2dConfig::new([cin, cout], [k, k])
                 .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
@@ -269,7 +272,9 @@ mod tests {
         use burn::nn::conv::Conv2dConfig;
         let device = Device::flex();
         // ResNet's stem, a strided 3x3 and a strided 1x1 (odd and even sizes).
-        for (k, s, p, bias, cin, cout, h, w) in [(7, 2, 3, false, 3, 8, 37, 50), (3, 2, 1, true, 5, 6, 9, 12), (1, 2, 0, false, 4, 3, 7, 8)] {
+        for (k, s, p, bias, cin, cout, h, w) in
+            [(7, 2, 3, false, 3, 8, 37, 50), (3, 2, 1, true, 5, 6, 9, 12), (1, 2, 0, false, 4, 3, 7, 8)]
+        {
             let conv = Conv2dConfig::new([cin, cout], [k, k])
                 .with_stride([s, s])
                 .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
@@ -307,7 +312,12 @@ mod tests {
             let y = r.map_or(y.clone(), |r| y + r);
             if relu { burn::tensor::activation::relu(y) } else { y }
         };
-        for (r, relu) in [(None, false), (None, true), (Some(residual.clone()), true), (Some(residual.swap_dims(2, 3).swap_dims(2, 3)), false)] {
+        for (r, relu) in [
+            (None, false),
+            (None, true),
+            (Some(residual.clone()), true),
+            (Some(residual.swap_dims(2, 3).swap_dims(2, 3)), false),
+        ] {
             let expected = by_ops(r.clone(), relu);
             // Shared input (the clone kept here) and a unique one.
             let kept = x.clone();
@@ -333,8 +343,7 @@ mod tests {
             let k = qk.slice(s![.., 0..nk, c..2 * c]);
             let v = random([b, nk, c], &device);
             let mask = (nq != nk).then(|| {
-                let lens: Vec<bool> =
-                    (0..b).flat_map(|i| (0..nk).map(move |j| j >= nk - 3 * i)).collect();
+                let lens: Vec<bool> = (0..b).flat_map(|i| (0..nk).map(move |j| j >= nk - 3 * i)).collect();
                 Tensor::<1, Bool>::from_data(TensorData::new(lens, [b * nk]), &device).reshape([b, nk])
             });
             let expected = attention_by_ops(q.clone(), k.clone(), v.clone(), h, mask.clone());

@@ -9,8 +9,8 @@ use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
 use serde::{Deserialize, Serialize};
 
-use crate::import::{Checkpoint, Tensors};
 use crate::cpu::{attention, conv2d, linear, linear_with};
+use crate::import::{Checkpoint, Tensors};
 use crate::resnet::{ResNet, torchvision_key};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -108,7 +108,9 @@ impl DetrConfig {
         let norm = || LayerNormConfig::new(d).init(device);
         let attention = || MultiheadAttention::new(d, self.num_heads, device);
         // DETR's transformer initialises every matrix Xavier-uniform.
-        let linear = |i: usize, o: usize| LinearConfig::new(i, o).with_initializer(Initializer::XavierUniform { gain: 1.0 }).init(device);
+        let linear = |i: usize, o: usize| {
+            LinearConfig::new(i, o).with_initializer(Initializer::XavierUniform { gain: 1.0 }).init(device)
+        };
         Detr {
             backbone: ResNet::new(self.backbone_layers, self.backbone_channels, self.backbone_stem_width, None, device),
             input_proj: Conv2dConfig::new([4 * self.backbone_channels[3], d], [1, 1]).init(device),
@@ -524,7 +526,8 @@ pub fn postprocess(output: &DetrOutput, sizes: &[(usize, usize)]) -> Vec<Vec<Det
                         .enumerate()
                         .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
                     let [cx, cy, bw, bh] = boxes[(bi * q + qi) * 4..][..4] else { unreachable!() };
-                    let bbox_xyxy = [(cx - 0.5 * bw) * w, (cy - 0.5 * bh) * h, (cx + 0.5 * bw) * w, (cy + 0.5 * bh) * h];
+                    let bbox_xyxy =
+                        [(cx - 0.5 * bw) * w, (cy - 0.5 * bh) * h, (cx + 0.5 * bw) * w, (cy + 0.5 * bh) * h];
                     Detection { label, score, bbox_xyxy }
                 })
                 .collect()

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::store::{
-    BurnpackStore, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
-    PytorchStore, SafetensorsStore, bridge,
+    BurnpackStore, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+    bridge,
 };
 use burn::tensor::{Bytes, DType};
 
@@ -66,11 +66,20 @@ pub fn load_weights<M: Checkpoint>(model: M, path: &Path) -> Result<M, ImportErr
 /// Loads a checkpoint for fine-tuning: when the checkpoint's classifier (`<head>.weight`, PyTorch
 /// layout `[classes, dim]`) has another number of classes than `num_classes`, its head tensors are
 /// left out and the model keeps its freshly initialised head; everything else loads strictly.
-pub fn load_weights_for_finetuning<M: Checkpoint>(model: M, path: &Path, head: &str, num_classes: usize) -> Result<M, ImportError> {
+pub fn load_weights_for_finetuning<M: Checkpoint>(
+    model: M,
+    path: &Path,
+    head: &str,
+    num_classes: usize,
+) -> Result<M, ImportError> {
     load_weights_with_head(model, path, Some((head, num_classes)))
 }
 
-fn load_weights_with_head<M: Checkpoint>(mut model: M, path: &Path, new_head: Option<(&str, usize)>) -> Result<M, ImportError> {
+fn load_weights_with_head<M: Checkpoint>(
+    mut model: M,
+    path: &Path,
+    new_head: Option<(&str, usize)>,
+) -> Result<M, ImportError> {
     if !path.is_file() {
         return Err(ImportError::NotFound(path.to_path_buf()));
     }
@@ -120,9 +129,7 @@ fn read_checkpoint(path: &Path, format: Format) -> Result<Tensors, ImportError> 
             // A state dict nested under a wrapper key (`{"model": {...}}`) is read from there;
             // a flat state dict has no such entry and is read whole.
             let nested = STATE_DICT_WRAPPERS.iter().find_map(|key| {
-                let mut store = PytorchStore::from_file(path)
-                    .with_top_level_key(*key)
-                    .map_indices_contiguous(false);
+                let mut store = PytorchStore::from_file(path).with_top_level_key(*key).map_indices_contiguous(false);
                 store.get_all_tensors().ok().filter(|t| !t.is_empty()).cloned()
             });
             match nested {
@@ -171,11 +178,7 @@ fn check_applied(result: &burn::store::ApplyResult, path: &Path) -> Result<(), I
         problems.push(format!("{} model keys missing from the file: {}", missing.len(), list(&missing)));
     }
     if !result.unused.is_empty() {
-        problems.push(format!(
-            "{} unexpected keys in the file: {}",
-            result.unused.len(),
-            list(&result.unused)
-        ));
+        problems.push(format!("{} unexpected keys in the file: {}", result.unused.len(), list(&result.unused)));
     }
     if problems.is_empty() {
         Ok(())
@@ -215,9 +218,7 @@ pub fn resample_pos_embed(pos: &TensorData, prefix: usize, n: usize) -> Result<T
         (g * g == n).then_some(g)
     };
     let (Some(old), Some(new)) = (square(tokens.saturating_sub(prefix)), square(n)) else {
-        return Err(format!(
-            "pos_embed with {tokens} tokens cannot be resampled to {n} patches: grids must be square"
-        ));
+        return Err(format!("pos_embed with {tokens} tokens cannot be resampled to {n} patches: grids must be square"));
     };
     let values: Vec<f32> = pos.try_to_vec().map_err(|e| format!("pos_embed: {e:?}"))?;
     // [tokens, C] -> grid [C, old, old]

@@ -58,9 +58,7 @@ pub fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Coeffici
             // Truncation toward zero, as the C implementations' casts do.
             let lo = ((center - support + 0.5) as i64).max(0) as usize;
             let hi = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let mut w: Vec<f64> = (lo..hi)
-                .map(|j| filter.weight((j as f64 - center + 0.5) / filter_scale))
-                .collect();
+            let mut w: Vec<f64> = (lo..hi).map(|j| filter.weight((j as f64 - center + 0.5) / filter_scale)).collect();
             let total: f64 = w.iter().sum();
             if total != 0.0 {
                 w.iter_mut().for_each(|x| *x /= total);
@@ -97,11 +95,7 @@ pub fn resize_f32(
     for c in 0..channels {
         for (y, (lo, ws)) in cy.spans.iter().enumerate() {
             for x in 0..out_w {
-                let s: f64 = ws
-                    .iter()
-                    .enumerate()
-                    .map(|(k, wk)| wk * tmp[(c * h + lo + k) * out_w + x] as f64)
-                    .sum();
+                let s: f64 = ws.iter().enumerate().map(|(k, wk)| wk * tmp[(c * h + lo + k) * out_w + x] as f64).sum();
                 out[(c * out_h + y) * out_w + x] = s as f32;
             }
         }
@@ -117,10 +111,7 @@ fn fixed_point(c: &Coefficients) -> Vec<(usize, Vec<i32>)> {
     c.spans
         .iter()
         .map(|(lo, ws)| {
-            let k = ws
-                .iter()
-                .map(|w| (w * one + if *w < 0.0 { -0.5 } else { 0.5 }) as i32)
-                .collect();
+            let k = ws.iter().map(|w| (w * one + if *w < 0.0 { -0.5 } else { 0.5 }) as i32).collect();
             (*lo, k)
         })
         .collect()
@@ -133,12 +124,7 @@ fn clip8(acc: i64) -> u8 {
 /// Resizes an interleaved 8-bit RGB image `[height, width, 3]` exactly as PIL's `Image.resize`
 /// does: fixed-point weights, horizontal pass then vertical, each rounded and clipped to 8 bits.
 /// A pass whose size does not change is skipped, as PIL skips it.
-pub fn resize_rgb8(
-    input: &[u8],
-    (h, w): (usize, usize),
-    (out_h, out_w): (usize, usize),
-    filter: Filter,
-) -> Vec<u8> {
+pub fn resize_rgb8(input: &[u8], (h, w): (usize, usize), (out_h, out_w): (usize, usize), filter: Filter) -> Vec<u8> {
     assert_eq!(input.len(), h * w * 3, "resize_rgb8: input length does not match its shape");
     let horizontal = if out_w != w {
         let kx = fixed_point(&coefficients(w, out_w, filter));

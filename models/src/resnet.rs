@@ -131,7 +131,13 @@ impl ResNet {
 
     /// A bottleneck ResNet with `layers[i]` blocks of width `channels[i]` (output `4 * channels[i]`)
     /// in stage `i`, after a stem of `stem_width` channels.
-    pub fn new(layers: [usize; 4], channels: [usize; 4], stem_width: usize, num_classes: Option<usize>, device: &Device) -> Self {
+    pub fn new(
+        layers: [usize; 4],
+        channels: [usize; 4],
+        stem_width: usize,
+        num_classes: Option<usize>,
+        device: &Device,
+    ) -> Self {
         let mut cin = stem_width;
         let mut stage = |i: usize| {
             (0..layers[i])

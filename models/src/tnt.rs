@@ -11,8 +11,8 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::import::{Checkpoint, Tensors, resample_pos_embed};
 use crate::cpu::{attention, linear};
+use crate::import::{Checkpoint, Tensors, resample_pos_embed};
 use crate::layers::{Mlp, timm_init, timm_linear};
 use crate::vit::GlobalPool;
 
@@ -55,10 +55,9 @@ fn tnt_eps() -> f64 {
 impl TntConfig {
     pub fn validate(&self) -> Result<(), String> {
         crate::config::check_patch_grid(self.image_size, self.patch_size)?;
-        for (name, dim, heads) in [
-            ("embed_dim", self.embed_dim, self.num_heads_outer),
-            ("inner_dim", self.inner_dim, self.num_heads_inner),
-        ] {
+        for (name, dim, heads) in
+            [("embed_dim", self.embed_dim, self.num_heads_outer), ("inner_dim", self.inner_dim, self.num_heads_inner)]
+        {
             if heads == 0 || dim % heads != 0 {
                 return Err(format!("model.{name} = {dim} must be divisible by its number of heads {heads}"));
             }
@@ -155,10 +154,7 @@ impl PixelEmbed {
         let [b, c, h, w] = images.dims();
         let p = self.patch_size;
         let (gh, gw) = (h / p, w / p);
-        let patches = images
-            .reshape([b, c, gh, p, gw, p])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b * gh * gw, c, p, p]);
+        let patches = images.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b * gh * gw, c, p, p]);
         let x = self.proj.forward(patches) + pixel_pos;
         let [n, di, ph, pw] = x.dims();
         x.reshape([n, di, ph * pw]).swap_dims(1, 2)
@@ -263,11 +259,7 @@ const HUAWEI_NAMES: [(&str, &str); 13] = [
 
 impl Checkpoint for Tnt {
     fn adapt_checkpoint(&self, tensors: Tensors) -> Result<Tensors, String> {
-        let mut tensors = if tensors.contains_key("patch_pos") {
-            tensors
-        } else {
-            huawei_to_timm(tensors)?
-        };
+        let mut tensors = if tensors.contains_key("patch_pos") { tensors } else { huawei_to_timm(tensors)? };
         let target = self.patch_pos.dims();
         if let Some(pos) = tensors.get("patch_pos") {
             if pos.shape().as_slice() != target.as_slice() {

@@ -7,8 +7,8 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::import::{Checkpoint, Tensors, resample_pos_embed};
 use crate::cpu::{attention, linear};
+use crate::import::{Checkpoint, Tensors, resample_pos_embed};
 use crate::layers::{Mlp, timm_init, timm_linear};
 
 /// How the token sequence becomes one feature vector before the head.

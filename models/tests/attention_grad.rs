@@ -22,7 +22,8 @@ fn textbook(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option
 fn fused_attention_matches_textbook_with_gradients() {
     let device = Device::flex().autodiff();
     let data = |seed: u64, n: usize| {
-        let values: Vec<f32> = (0..2 * n * 8).map(|i| (((i as u64 * 7919 + seed * 104729) % 1000) as f32 / 500.0) - 1.0).collect();
+        let values: Vec<f32> =
+            (0..2 * n * 8).map(|i| (((i as u64 * 7919 + seed * 104729) % 1000) as f32 / 500.0) - 1.0).collect();
         TensorData::new(values, [2, n, 8])
     };
     for masked in [false, true] {
@@ -32,7 +33,13 @@ fn fused_attention_matches_textbook_with_gradients() {
             let k = Tensor::<3>::from_data(data(2, 6), &device).require_grad();
             let v = Tensor::<3>::from_data(data(3, 6), &device).require_grad();
             let mask = masked.then(|| {
-                Tensor::<2, Bool>::from_data(TensorData::new(vec![false, false, false, false, true, true, false, false, false, false, false, true], [2, 6]), &device)
+                Tensor::<2, Bool>::from_data(
+                    TensorData::new(
+                        vec![false, false, false, false, true, true, false, false, false, false, false, true],
+                        [2, 6],
+                    ),
+                    &device,
+                )
             });
             let out = if fused {
                 attention(q.clone(), k.clone(), v.clone(), 2, mask)

@@ -29,26 +29,41 @@ fn shipped_configs_parse() {
 
 #[test]
 fn unknown_field_names_file_field_and_allowed_fields() {
-    let path = write("typo.toml", "[model]\narch = \"vit\"\nimage_size = 224\npatch_size = 16\nnum_classes = 10\nembed_dim = 64\ndepth = 2\nnum_heads = 4\nnum_head = 3\n");
+    let path = write(
+        "typo.toml",
+        "[model]\narch = \"vit\"\nimage_size = 224\npatch_size = 16\nnum_classes = 10\nembed_dim = 64\ndepth = 2\nnum_heads = 4\nnum_head = 3\n",
+    );
     let err = ZooConfig::from_file(&path).unwrap_err().to_string();
     assert!(err.contains("typo.toml") && err.contains("num_head") && err.contains("num_heads"), "{err}");
 }
 
 #[test]
 fn missing_field_and_bad_value_are_named() {
-    let path = write("missing.toml", "[model]\narch = \"vit\"\nimage_size = 224\npatch_size = 16\nnum_classes = 10\nembed_dim = 64\nnum_heads = 4\n");
+    let path = write(
+        "missing.toml",
+        "[model]\narch = \"vit\"\nimage_size = 224\npatch_size = 16\nnum_classes = 10\nembed_dim = 64\nnum_heads = 4\n",
+    );
     let err = ZooConfig::from_file(&path).unwrap_err().to_string();
     assert!(err.contains("missing.toml") && err.contains("depth"), "{err}");
 
     let path = write("arch.toml", "[model]\narch = \"resnet\"\n");
     let err = ZooConfig::from_file(&path).unwrap_err().to_string();
-    assert!(err.contains("arch.toml") && err.contains("resnet") && err.contains("vit") && err.contains("detr"), "{err}");
+    assert!(
+        err.contains("arch.toml") && err.contains("resnet") && err.contains("vit") && err.contains("detr"),
+        "{err}"
+    );
 
-    let path = write("pool.toml", "[model]\narch = \"vit\"\nimage_size = 224\npatch_size = 16\nnum_classes = 10\nembed_dim = 64\ndepth = 2\nnum_heads = 4\nglobal_pool = \"max\"\n");
+    let path = write(
+        "pool.toml",
+        "[model]\narch = \"vit\"\nimage_size = 224\npatch_size = 16\nnum_classes = 10\nembed_dim = 64\ndepth = 2\nnum_heads = 4\nglobal_pool = \"max\"\n",
+    );
     let err = ZooConfig::from_file(&path).unwrap_err().to_string();
     assert!(err.contains("pool.toml") && err.contains("max") && err.contains("token") && err.contains("avg"), "{err}");
 
-    let path = write("heads.toml", "[model]\narch = \"vit\"\nimage_size = 224\npatch_size = 16\nnum_classes = 10\nembed_dim = 64\ndepth = 2\nnum_heads = 5\n");
+    let path = write(
+        "heads.toml",
+        "[model]\narch = \"vit\"\nimage_size = 224\npatch_size = 16\nnum_classes = 10\nembed_dim = 64\ndepth = 2\nnum_heads = 5\n",
+    );
     let err = ZooConfig::from_file(&path).unwrap_err().to_string();
     assert!(err.contains("heads.toml") && err.contains("num_heads"), "{err}");
 }

@@ -51,6 +51,7 @@ fn backbone_loads_from_a_torchvision_checkpoint() {
     let full = load_weights(detr.init(&device), &dir.join("detr_original.pth")).unwrap();
     let backbone = load_weights(detr.init(&device).backbone, &dir.join("resnet_backbone.pth")).unwrap();
     let x = Tensor::<4>::random([1, 3, 64, 96], burn::tensor::Distribution::Default, &device);
-    let diff = (full.backbone.forward_features(x.clone()) - backbone.forward_features(x)).abs().max().into_scalar::<f32>();
+    let diff =
+        (full.backbone.forward_features(x.clone()) - backbone.forward_features(x)).abs().max().into_scalar::<f32>();
     assert_eq!(diff, 0.0);
 }

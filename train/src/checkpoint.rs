@@ -1,6 +1,6 @@
 //! Training checkpoints: the model (burnpack), the optimizer state and the progress (the
-//! learning-rate schedule is a function of the step count), written to a temporary folder that is renamed into place, so a checkpoint on disk
-//! is always whole.
+//! learning-rate schedule is a function of the step count), written to a temporary folder that
+//! is renamed into place, so a checkpoint on disk is always whole.
 
 use std::path::{Path, PathBuf};
 
@@ -32,7 +32,12 @@ pub fn checkpoint_dir(output: &Path, epoch: usize) -> PathBuf {
 
 /// Writes a checkpoint folder atomically: `write` fills a temporary folder, which is then
 /// renamed to `epoch-NNNN`. Older checkpoints beyond the last `keep` are removed.
-pub fn save(output: &Path, progress: &Progress, keep: usize, write: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+pub fn save(
+    output: &Path,
+    progress: &Progress,
+    keep: usize,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     let dir = checkpoint_dir(output, progress.epoch);
     let parent = dir.parent().expect("checkpoint folders have a parent");
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
@@ -64,7 +69,11 @@ pub fn list(output: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let path = entry?.path();
-        let epoch = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("epoch-")).and_then(|n| n.parse().ok());
+        let epoch = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("epoch-"))
+            .and_then(|n| n.parse().ok());
         if let Some(epoch) = epoch {
             if path.join(PROGRESS).is_file() {
                 found.push((epoch, path));
@@ -99,7 +108,12 @@ pub fn save_with_optimizer(
 
 /// The optimizer state and the schedule's position from checkpoint folder `dir`, and its
 /// progress; the caller loads `dir/model.bpk` into its model.
-pub fn restore(dir: &Path, optim: ModuleOptimizer, sched: &mut ModuleLrScheduler, quiet: bool) -> Result<(Progress, ModuleOptimizer)> {
+pub fn restore(
+    dir: &Path,
+    optim: ModuleOptimizer,
+    sched: &mut ModuleLrScheduler,
+    quiet: bool,
+) -> Result<(Progress, ModuleOptimizer)> {
     let progress = read_progress(dir)?;
     let bytes = std::fs::read(dir.join(OPTIMIZER)).with_context(|| format!("cannot read {}", dir.display()))?;
     let optim = optim
@@ -117,5 +131,9 @@ pub fn restore(dir: &Path, optim: ModuleOptimizer, sched: &mut ModuleLrScheduler
 /// The run's `metrics.jsonl`, opened for appending (a resumed run continues it).
 pub fn metrics_file(output: &Path) -> Result<std::fs::File> {
     let path = output.join("metrics.jsonl");
-    std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

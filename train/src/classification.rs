@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::lr_scheduler::LrSchedulerConfig;
 use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
 use burn::lr_scheduler::module_lr_scheduler::{ModuleLrScheduler, ModuleLrSchedulerConfig};
 use burn::lr_scheduler::sequential::SequentialLrSchedulerConfig;
 use burn::lr_scheduler::step::StepLrSchedulerConfig;
-use burn::lr_scheduler::LrSchedulerConfig;
 use burn::module::{Module, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
@@ -91,7 +91,8 @@ pub fn schedule(cfg: &TrainConfig, lr: f64, steps_per_epoch: usize) -> LrSchedul
     let total = cfg.epochs * steps_per_epoch;
     let warmup = cfg.warmup_epochs * steps_per_epoch;
     let min_lr = cfg.min_lr * lr / cfg.lr;
-    let cosine = LrSchedulerConfig::Cosine(CosineAnnealingLrSchedulerConfig::new(lr, total - warmup).with_min_lr(min_lr));
+    let cosine =
+        LrSchedulerConfig::Cosine(CosineAnnealingLrSchedulerConfig::new(lr, total - warmup).with_min_lr(min_lr));
     if warmup > 0 {
         let linear = LrSchedulerConfig::Linear(LinearLrSchedulerConfig::new(lr / 1000.0, lr, warmup));
         LrSchedulerConfig::Sequential(SequentialLrSchedulerConfig::new(vec![linear, cosine], vec![warmup]))
@@ -123,11 +124,23 @@ fn to_device(batch: &HostBatch, size: usize, classes: usize, device: &Device) ->
 }
 
 /// Samples `range` of a batch as tensors on `device`.
-fn shard_to_device(batch: &HostBatch, range: std::ops::Range<usize>, size: usize, classes: usize, device: &Device) -> (Tensor<4>, Tensor<2>) {
+fn shard_to_device(
+    batch: &HostBatch,
+    range: std::ops::Range<usize>,
+    size: usize,
+    classes: usize,
+    device: &Device,
+) -> (Tensor<4>, Tensor<2>) {
     let (n, image) = (range.len(), 3 * size * size);
     (
-        Tensor::from_data(TensorData::new(batch.images[range.start * image..range.end * image].to_vec(), [n, 3, size, size]), device),
-        Tensor::from_data(TensorData::new(batch.targets[range.start * classes..range.end * classes].to_vec(), [n, classes]), device),
+        Tensor::from_data(
+            TensorData::new(batch.images[range.start * image..range.end * image].to_vec(), [n, 3, size, size]),
+            device,
+        ),
+        Tensor::from_data(
+            TensorData::new(batch.targets[range.start * classes..range.end * classes].to_vec(), [n, classes]),
+            device,
+        ),
     )
 }
 
@@ -136,7 +149,14 @@ fn shard_to_device(batch: &HostBatch, range: std::ops::Range<usize>, size: usize
 /// thread and the others in threads of their own, and the shares' gradients, weighted by their
 /// size, are summed on the model's device. (The calling thread computes rather than waits: in
 /// `zoo` it is one of the threads of rayon's pool, which the CPU backends compute on.)
-fn data_parallel_step(model: &Classifier, batch: &HostBatch, devices: &[Device], size: usize, classes: usize, scale: f64) -> (f64, Vec<GradientsParams>) {
+fn data_parallel_step(
+    model: &Classifier,
+    batch: &HostBatch,
+    devices: &[Device],
+    size: usize,
+    classes: usize,
+    scale: f64,
+) -> (f64, Vec<GradientsParams>) {
     let b = batch.labels.len();
     let main = model.devices()[0].clone();
     let shares: Vec<(Device, std::ops::Range<usize>)> = devices
@@ -237,7 +257,8 @@ fn loaders(config: &ZooConfig) -> Result<(Loader, Loader, Vec<String>)> {
             val.classes.len()
         );
     }
-    let train_loader = Loader::new(&train, cfg.batch_size, size, train_augment(config, size), cfg.seed, cfg.skip_bad_images);
+    let train_loader =
+        Loader::new(&train, cfg.batch_size, size, train_augment(config, size), cfg.seed, cfg.skip_bad_images);
     let eval = Augment::Eval(EvalTransform::new(size, &config.data));
     let val_loader = Loader::new(&val, config.eval.batch_size, size, eval, cfg.seed, cfg.skip_bad_images);
     Ok((train_loader, val_loader, train.classes))
@@ -262,7 +283,8 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
     let train_device = device.clone().autodiff();
     // The initial weights follow from the seed, like the data order and augmentations.
     train_device.seed(cfg.seed);
-    let mut model = Classifier::init(&config.model, &train_device).context("only classifiers are trained by this loop")?;
+    let mut model =
+        Classifier::init(&config.model, &train_device).context("only classifiers are trained by this loop")?;
     let steps_per_epoch = train_loader.batches_per_epoch().div_ceil(cfg.grad_accum);
     let mut optim = optimizer(cfg)?;
     let mut sched = ModuleLrSchedulerConfig::new(schedule(cfg, cfg.lr, steps_per_epoch))
@@ -288,7 +310,8 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
     let (size, n_classes) = (train_loader.size, classes.len());
     for epoch in progress.epoch..last_epoch {
         let started = Instant::now();
-        let bar = progress_bar(train_loader.batches_per_epoch(), opts.quiet, format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        let bar =
+            progress_bar(train_loader.batches_per_epoch(), opts.quiet, format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let mut accumulator = GradientsAccumulator::new();
         let (mut loss_sum, mut seen, mut lr) = (0.0, 0usize, 0.0);
         for (i, batch) in train_loader.epoch(epoch).into_iter().enumerate() {
@@ -340,7 +363,14 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
         if !opts.quiet {
             eprintln!(
                 "epoch {}/{}: train loss {:.4}, val loss {:.4}, top-1 {:.2}%, top-5 {:.2}%, {:.1} img/s, lr {:.2e}",
-                m.epoch, cfg.epochs, m.train_loss, m.val_loss, 100.0 * top1, 100.0 * top5, m.train_images_per_sec, lr
+                m.epoch,
+                cfg.epochs,
+                m.train_loss,
+                m.val_loss,
+                100.0 * top1,
+                100.0 * top5,
+                m.train_images_per_sec,
+                lr
             );
         }
         epochs.push(m);

@@ -68,7 +68,8 @@ mod tests {
         let expected = (2.0 * (50f64.powi(2) + 30f64.powi(2) + 30f64.powi(2)) + 2.0 * 20f64.powi(2)).sqrt();
         assert!((norm - expected).abs() < 1e-3, "{norm} vs {expected}");
         let after: Vec<f32> = grads.get::<2>(layer.weight.id).unwrap().into_data().try_to_vec::<f32>().unwrap();
-        let bias: Vec<f32> = grads.get::<1>(layer.bias.as_ref().unwrap().id).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let bias: Vec<f32> =
+            grads.get::<1>(layer.bias.as_ref().unwrap().id).unwrap().into_data().try_to_vec::<f32>().unwrap();
         let new_norm: f64 = after.iter().chain(&bias).map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
         assert!((new_norm - 0.5).abs() < 1e-4, "{new_norm}");
         for (a, b) in after.iter().zip(&before) {

@@ -21,7 +21,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 use zoo_datasets::coco_eval::{CocoEvalResult, Detection, evaluate};
 use zoo_datasets::detection::load_batch;
-use zoo_datasets::{CocoDetection, DataError, DetrImage, DetrTarget, DetrTrainTransform, DetrTransform, PixelBoxes, pad_batch};
+use zoo_datasets::{
+    CocoDetection, DataError, DetrImage, DetrTarget, DetrTrainTransform, DetrTransform, PixelBoxes, pad_batch,
+};
 use zoo_models::config::TrainConfig;
 use zoo_models::detr::{Detr, DetrConfig, postprocess};
 use zoo_models::{ModelConfig, ZooConfig, load_weights, load_weights_for_finetuning, save_burnpack};
@@ -56,7 +58,8 @@ impl DetrLoader {
 
     fn load(&self, epoch: usize, index: usize) -> Result<(DetrImage, DetrTarget), DataError> {
         let samples = &self.set.samples;
-        let (used, img) = decode_or_skip(samples.len(), index, self.skip_bad_images, &self.skipped, |i| &samples[i].path)?;
+        let (used, img) =
+            decode_or_skip(samples.len(), index, self.skip_bad_images, &self.skipped, |i| &samples[i].path)?;
         let boxes = PixelBoxes::from_coco(&samples[used].annotations, (img.height() as usize, img.width() as usize));
         Ok(self.transform.apply(&img, &boxes, &mut rng_for(self.seed, epoch, index)))
     }
@@ -67,7 +70,8 @@ impl DetrLoader {
         order.shuffle(&mut rng_for(self.seed, epoch, usize::MAX));
         let this = self.clone();
         prefetch(order, self.batch_size, move |_, chunk| {
-            let (images, targets) = chunk.par_iter().map(|&i| this.load(epoch, i)).collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
+            let (images, targets) =
+                chunk.par_iter().map(|&i| this.load(epoch, i)).collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
             Ok(DetrHostBatch { images, targets })
         })
     }
@@ -91,7 +95,12 @@ pub fn coco_detections(
         for ((image_id, _), image_dets) in chunk.iter().zip(dets) {
             results.extend(image_dets.into_iter().map(|d| {
                 let [x0, y0, x1, y1] = d.bbox_xyxy.map(f64::from);
-                Detection { image_id: *image_id, category_id: d.label as u64, bbox: [x0, y0, x1 - x0, y1 - y0], score: d.score as f64 }
+                Detection {
+                    image_id: *image_id,
+                    category_id: d.label as u64,
+                    bbox: [x0, y0, x1 - x0, y1 - y0],
+                    score: d.score as f64,
+                }
             }));
         }
         bar.inc(chunk.len() as u64);
@@ -140,14 +149,17 @@ fn frozen_group(parts: usize) -> Result<Option<ParamGroup>> {
 }
 
 fn detr_parts(config: &ZooConfig) -> Result<(&DetrConfig, &TrainConfig)> {
-    let ModelConfig::Detr(detr) = &config.model else { bail!("model.arch `{}` is not a detector", config.model.arch()) };
+    let ModelConfig::Detr(detr) = &config.model else {
+        bail!("model.arch `{}` is not a detector", config.model.arch())
+    };
     let cfg = config.train.as_ref().context("the config has no [train] section")?;
     Ok((detr, cfg))
 }
 
 /// Opens a split and checks its category ids fit the model's classes.
 fn open_split(annotations: &Option<PathBuf>, images: &std::path::Path, num_classes: usize) -> Result<CocoDetection> {
-    let annotations = annotations.as_ref().context("a detector's [train] needs train_annotations and val_annotations")?;
+    let annotations =
+        annotations.as_ref().context("a detector's [train] needs train_annotations and val_annotations")?;
     let set = CocoDetection::open(annotations, images)?;
     let max_id = set.max_category_id();
     if max_id as usize >= num_classes {
@@ -161,7 +173,14 @@ fn open_split(annotations: &Option<PathBuf>, images: &std::path::Path, num_class
 }
 
 /// Validation COCO metrics of `model` on `set`.
-pub fn evaluate_detr(model: &Detr, set: &CocoDetection, transform: &DetrTransform, batch_size: usize, device: &Device, quiet: bool) -> Result<CocoEvalResult> {
+pub fn evaluate_detr(
+    model: &Detr,
+    set: &CocoDetection,
+    transform: &DetrTransform,
+    batch_size: usize,
+    device: &Device,
+    quiet: bool,
+) -> Result<CocoEvalResult> {
     let bar = progress_bar(set.samples.len(), quiet, "  validate".into());
     let dets = coco_detections(model, &set.files(), transform, batch_size, device, &bar)?;
     Ok(evaluate(&set.ground_truth, &dets))
@@ -241,7 +260,11 @@ pub fn train_detr(config: &ZooConfig, device: &Device, opts: &TrainOptions) -> R
             accumulator.accumulate(&model, grads);
             let total = loss.into_scalar::<f64>() * cfg.grad_accum as f64;
             if !total.is_finite() {
-                bail!("the loss is {total} at epoch {} batch {}: training diverged (try a lower train.lr)", epoch + 1, i + 1);
+                bail!(
+                    "the loss is {total} at epoch {} batch {}: training diverged (try a lower train.lr)",
+                    epoch + 1,
+                    i + 1
+                );
             }
             for (s, v) in sums.iter_mut().zip([total, parts[0], parts[1], parts[2]]) {
                 *s += v;
@@ -256,7 +279,8 @@ pub fn train_detr(config: &ZooConfig, device: &Device, opts: &TrainOptions) -> R
         }
         bar.finish_and_clear();
         let train_seconds = started.elapsed().as_secs_f64();
-        let eval = evaluate_detr(&model.valid(), &val_set, &eval_transform, config.eval.batch_size, device, opts.quiet)?;
+        let eval =
+            evaluate_detr(&model.valid(), &val_set, &eval_transform, config.eval.batch_size, device, opts.quiet)?;
         progress.epoch = epoch + 1;
         let ap = eval.stats[0];
         let improved = ap > progress.best_score;
@@ -280,7 +304,16 @@ pub fn train_detr(config: &ZooConfig, device: &Device, opts: &TrainOptions) -> R
         if !opts.quiet {
             eprintln!(
                 "epoch {}/{}: loss {:.4} (ce {:.3}, L1 {:.3}, GIoU {:.3}), val AP {:.3}, AP50 {:.3}, {:.1} img/s, lr {:.2e}",
-                m.epoch, cfg.epochs, m.train_loss, m.loss_ce, m.loss_bbox, m.loss_giou, ap, m.val_ap50, m.train_images_per_sec, lr
+                m.epoch,
+                cfg.epochs,
+                m.train_loss,
+                m.loss_ce,
+                m.loss_bbox,
+                m.loss_giou,
+                ap,
+                m.val_ap50,
+                m.train_images_per_sec,
+                lr
             );
         }
         epochs.push(m);

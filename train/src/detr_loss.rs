@@ -26,7 +26,15 @@ pub struct SetCriterion {
 
 impl Default for SetCriterion {
     fn default() -> Self {
-        Self { cost_class: 1.0, cost_bbox: 5.0, cost_giou: 2.0, weight_ce: 1.0, weight_bbox: 5.0, weight_giou: 2.0, eos_coef: 0.1 }
+        Self {
+            cost_class: 1.0,
+            cost_bbox: 5.0,
+            cost_giou: 2.0,
+            weight_ce: 1.0,
+            weight_bbox: 5.0,
+            weight_giou: 2.0,
+            eos_coef: 0.1,
+        }
     }
 }
 
@@ -81,9 +89,18 @@ impl SetCriterion {
     /// Query-target pairs of every image for one layer, from detached predictions.
     pub fn match_layer(&self, out: &DetrOutput, targets: &[DetrTarget]) -> Result<Vec<Vec<(usize, usize)>>> {
         let [b, q, k] = out.logits.dims();
-        let probs: Vec<f32> = softmax(out.logits.clone().detach(), 2).into_data().convert::<f32>().try_into_vec()
+        let probs: Vec<f32> = softmax(out.logits.clone().detach(), 2)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let boxes: Vec<f32> = out.boxes.clone().detach().into_data().convert::<f32>().try_into_vec()
+        let boxes: Vec<f32> = out
+            .boxes
+            .clone()
+            .detach()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         (0..b)
             .map(|bi| {
@@ -95,7 +112,9 @@ impl SetCriterion {
                     let pb: [f32; 4] = boxes[(bi * q + qi) * 4..][..4].try_into().expect("4 coordinates");
                     for (ti, (&label, &tb)) in t.labels.iter().zip(&t.boxes).enumerate() {
                         let l1: f32 = pb.iter().zip(&tb).map(|(a, b)| (a - b).abs()).sum();
-                        cost[qi * n + ti] = self.cost_bbox * l1 - self.cost_class * p[label] - self.cost_giou * giou(corners(pb), corners(tb));
+                        cost[qi * n + ti] = self.cost_bbox * l1
+                            - self.cost_class * p[label]
+                            - self.cost_giou * giou(corners(pb), corners(tb));
                     }
                 }
                 Ok(hungarian_match(&cost, q, n)?)
@@ -104,7 +123,13 @@ impl SetCriterion {
     }
 
     /// The three losses of one layer given its matching; `num_boxes` is the batch's target count.
-    pub fn layer_losses(&self, out: &DetrOutput, targets: &[DetrTarget], pairs: &[Vec<(usize, usize)>], num_boxes: f64) -> LayerLosses {
+    pub fn layer_losses(
+        &self,
+        out: &DetrOutput,
+        targets: &[DetrTarget],
+        pairs: &[Vec<(usize, usize)>],
+        num_boxes: f64,
+    ) -> LayerLosses {
         let [b, q, k] = out.logits.dims();
         let device = out.logits.device();
         let no_object = k - 1;
@@ -119,7 +144,8 @@ impl SetCriterion {
                 matched_boxes.extend_from_slice(&targets[bi].boxes[ti]);
             }
         }
-        let weights: Vec<f32> = classes.iter().map(|&c| if c as usize == no_object { self.eos_coef } else { 1.0 }).collect();
+        let weights: Vec<f32> =
+            classes.iter().map(|&c| if c as usize == no_object { self.eos_coef } else { 1.0 }).collect();
         let weight_sum: f32 = weights.iter().sum();
         let log_probs = log_softmax(out.logits.clone(), 2).reshape([b * q, k]);
         let class_idx = Tensor::<2, Int>::from_data(TensorData::new(classes, [b * q, 1]), &device);
@@ -157,7 +183,8 @@ impl SetCriterion {
         for out in outputs {
             let pairs = self.match_layer(out, targets)?;
             let l = self.layer_losses(out, targets, &pairs, num_boxes);
-            let weighted = l.ce.clone() * self.weight_ce + l.bbox.clone() * self.weight_bbox + l.giou.clone() * self.weight_giou;
+            let weighted =
+                l.ce.clone() * self.weight_ce + l.bbox.clone() * self.weight_bbox + l.giou.clone() * self.weight_giou;
             total = Some(match total {
                 Some(t) => t + weighted,
                 None => weighted,

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 
+use image::RgbImage;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use image::RgbImage;
 use rayon::prelude::*;
 use zoo_datasets::{DataError, EvalTransform, ImageFolder, TrainTransform, load_rgb};
 
@@ -55,7 +55,14 @@ pub(crate) fn rng_for(seed: u64, epoch: usize, index: usize) -> StdRng {
 }
 
 impl Loader {
-    pub fn new(folder: &ImageFolder, batch_size: usize, size: usize, augment: Augment, seed: u64, skip_bad_images: bool) -> Self {
+    pub fn new(
+        folder: &ImageFolder,
+        batch_size: usize,
+        size: usize,
+        augment: Augment,
+        seed: u64,
+        skip_bad_images: bool,
+    ) -> Self {
         Self {
             samples: Arc::new(folder.samples.clone()),
             classes: folder.classes.len(),
@@ -84,7 +91,8 @@ impl Loader {
     /// Sample `index` transformed; with `skip_bad_images`, an undecodable image is reported,
     /// counted and replaced by the next decodable one.
     fn load(&self, epoch: usize, index: usize) -> Result<(Vec<f32>, usize), DataError> {
-        let (used, img) = decode_or_skip(self.samples.len(), index, self.skip_bad_images, &self.skipped, |i| &self.samples[i].0)?;
+        let (used, img) =
+            decode_or_skip(self.samples.len(), index, self.skip_bad_images, &self.skipped, |i| &self.samples[i].0)?;
         let values = match &self.augment {
             Augment::Train { transform, .. } => transform.apply(&img, &mut rng_for(self.seed, epoch, index)),
             Augment::Eval(t) => t.apply(&img),

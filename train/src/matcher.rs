@@ -31,7 +31,8 @@ pub fn hungarian_match(cost: &[f32], queries: usize, targets: usize) -> Result<V
         return Err(MatchError::NonFinite { query: i / targets, target: i % targets, value: cost[i] });
     }
     // Kuhn-Munkres wants rows <= columns: targets are the rows, queries the columns.
-    let weights = Matrix::from_fn(targets, queries, |(t, q)| (cost[q * targets + t] as f64 * COST_SCALE).round() as i64);
+    let weights =
+        Matrix::from_fn(targets, queries, |(t, q)| (cost[q * targets + t] as f64 * COST_SCALE).round() as i64);
     let (_, query_of_target) = kuhn_munkres_min(&weights);
     let mut pairs: Vec<(usize, usize)> = query_of_target.into_iter().enumerate().map(|(t, q)| (q, t)).collect();
     pairs.sort_unstable();

@@ -73,14 +73,16 @@ pub fn mix_batch(
         let n = 3 * plane;
         for i in 0..b {
             for k in 0..n {
-                images[i * n + k] = (original[i * n + k] as f64 * lam + original[partner(i) * n + k] as f64 * (1.0 - lam)) as f32;
+                images[i * n + k] =
+                    (original[i * n + k] as f64 * lam + original[partner(i) * n + k] as f64 * (1.0 - lam)) as f32;
             }
         }
     }
     let mut mixed = vec![0f32; b * classes];
     for i in 0..b {
         for c in 0..classes {
-            mixed[i * classes + c] = (target[i * classes + c] as f64 * lam + target[partner(i) * classes + c] as f64 * (1.0 - lam)) as f32;
+            mixed[i * classes + c] =
+                (target[i * classes + c] as f64 * lam + target[partner(i) * classes + c] as f64 * (1.0 - lam)) as f32;
         }
     }
     mixed
@@ -97,14 +99,16 @@ mod tests {
         let (b, classes, size) = (4, 5, 8);
         let labels = [0, 1, 2, 3];
         for (mixup, cutmix) in [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)] {
-            let cfg = MixConfig { mixup_alpha: mixup, cutmix_alpha: cutmix, prob: 1.0, switch_prob: 0.5, smoothing: 0.1 };
+            let cfg =
+                MixConfig { mixup_alpha: mixup, cutmix_alpha: cutmix, prob: 1.0, switch_prob: 0.5, smoothing: 0.1 };
             // Image i is constant i: the mean of a mixed image tells its lam.
             let mut images: Vec<f32> = (0..b).flat_map(|i| vec![i as f32; 3 * size * size]).collect();
             let t = mix_batch(&mut images, &labels, classes, size, &cfg, &mut rng);
             for i in 0..b {
                 let row = &t[i * classes..(i + 1) * classes];
                 assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
-                let mean = images[i * 3 * size * size..(i + 1) * 3 * size * size].iter().sum::<f32>() / (3 * size * size) as f32;
+                let mean = images[i * 3 * size * size..(i + 1) * 3 * size * size].iter().sum::<f32>()
+                    / (3 * size * size) as f32;
                 let j = b - 1 - i;
                 // lam from the target of the own label (smoothing spreads 0.1 evenly).
                 let lam = (row[labels[i]] - 0.02) / 0.9;

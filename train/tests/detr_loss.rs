@@ -22,8 +22,14 @@ fn losses_match_the_reference() {
     let (layers, batch, queries, k) = (6, 3, 12, json["num_classes"].as_u64().unwrap() as usize + 1);
     let outputs: Vec<DetrOutput> = (0..layers)
         .map(|l| DetrOutput {
-            logits: Tensor::from_data(TensorData::new(logits[l * batch * queries * k..][..batch * queries * k].to_vec(), [batch, queries, k]), &device),
-            boxes: Tensor::from_data(TensorData::new(boxes[l * batch * queries * 4..][..batch * queries * 4].to_vec(), [batch, queries, 4]), &device),
+            logits: Tensor::from_data(
+                TensorData::new(logits[l * batch * queries * k..][..batch * queries * k].to_vec(), [batch, queries, k]),
+                &device,
+            ),
+            boxes: Tensor::from_data(
+                TensorData::new(boxes[l * batch * queries * 4..][..batch * queries * 4].to_vec(), [batch, queries, 4]),
+                &device,
+            ),
         })
         .collect();
     let targets: Vec<DetrTarget> = json["targets"]

@@ -70,11 +70,17 @@ fn detr_training_rejects_bad_sets() {
     let ModelConfig::Detr(detr) = &mut small.model else { unreachable!() };
     detr.num_classes = 3;
     let err = format!("{:#}", train_detr(&small, &Device::flex(), &TrainOptions::default()).unwrap_err());
-    assert!(err.contains("instances_train.json") && err.contains("category id 3") && err.contains("num_classes = 3"), "{err}");
+    assert!(
+        err.contains("instances_train.json") && err.contains("category id 3") && err.contains("num_classes = 3"),
+        "{err}"
+    );
 
     // A corrupt image is named.
     std::fs::write(data.join("train/000001.png"), b"not a png").unwrap();
-    let err = format!("{:#}", train_detr(&config(&data, &dir.path().join("run2"), 1), &Device::flex(), &TrainOptions::default()).unwrap_err());
+    let err = format!(
+        "{:#}",
+        train_detr(&config(&data, &dir.path().join("run2"), 1), &Device::flex(), &TrainOptions::default()).unwrap_err()
+    );
     assert!(err.contains("000001.png"), "{err}");
 
     // A detector's [train] without annotation files is a config error.
@@ -101,9 +107,17 @@ fn tiny_detr_fits_a_small_set() {
     train.detection.crop_scales = vec![];
     let report = train_detr(&config, &Device::flex(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     for m in report.epochs.iter().step_by(5) {
-        eprintln!("epoch {:3}: loss {:.3} (ce {:.3} L1 {:.3} GIoU {:.3}) AP {:.3} AP50 {:.3}", m.epoch, m.train_loss, m.loss_ce, m.loss_bbox, m.loss_giou, m.val_ap, m.val_ap50);
+        eprintln!(
+            "epoch {:3}: loss {:.3} (ce {:.3} L1 {:.3} GIoU {:.3}) AP {:.3} AP50 {:.3}",
+            m.epoch, m.train_loss, m.loss_ce, m.loss_bbox, m.loss_giou, m.val_ap, m.val_ap50
+        );
     }
     let first = &report.epochs[0];
-    assert!(report.epochs.last().unwrap().train_loss < 0.3 * first.train_loss, "loss {} -> {}", first.train_loss, report.epochs.last().unwrap().train_loss);
+    assert!(
+        report.epochs.last().unwrap().train_loss < 0.3 * first.train_loss,
+        "loss {} -> {}",
+        first.train_loss,
+        report.epochs.last().unwrap().train_loss
+    );
     assert!(first.val_ap < 0.05 && report.best_ap > 0.4, "AP {} -> best {}", first.val_ap, report.best_ap);
 }

@@ -84,10 +84,14 @@ fn tiny_vit_and_tnt_learn_the_shapes() {
     dataset(&tmp.path().join("data"), 128);
     for (name, model, epochs) in [("vit", VIT, 16), ("tnt", TNT, 16)] {
         let cfg = config_with_mix(model, &tmp.path().join("data"), &tmp.path().join(name), epochs, false);
-        let report = train_classifier(&cfg, &Device::flex(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+        let report =
+            train_classifier(&cfg, &Device::flex(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
         let first = &report.epochs[0];
         let last = report.epochs.last().unwrap();
-        println!("{name}: top-1 {:.3} -> best {:.3}; train loss {:.3} -> {:.3}", first.val_top1, report.best_top1, first.train_loss, last.train_loss);
+        println!(
+            "{name}: top-1 {:.3} -> best {:.3}; train loss {:.3} -> {:.3}",
+            first.val_top1, report.best_top1, first.train_loss, last.train_loss
+        );
         assert!(report.best_top1 >= 0.5, "{name}: best top-1 {:.3} is not well above chance", report.best_top1);
         assert!(last.train_loss < first.train_loss, "{name}: training loss did not fall");
         assert!(report.best_model.is_file() && report.last_model.is_file());
@@ -112,7 +116,8 @@ fn resumed_run_matches_uninterrupted_run() {
     let straight = train_classifier(&with_init("a"), &Device::flex(), &quiet).unwrap();
 
     let cfg = with_init("b");
-    let first = train_classifier(&cfg, &Device::flex(), &TrainOptions { stop_after: Some(1), ..quiet.clone() }).unwrap();
+    let first =
+        train_classifier(&cfg, &Device::flex(), &TrainOptions { stop_after: Some(1), ..quiet.clone() }).unwrap();
     assert_eq!(first.epochs.len(), 1);
     let resumed = train_classifier(&cfg, &Device::flex(), &TrainOptions { resume: true, ..quiet }).unwrap();
     assert_eq!(resumed.epochs.len(), 1, "the resumed run trains only the remaining epoch");
@@ -139,7 +144,10 @@ fn data_parallel_matches_one_device() {
     let devices = vec![Device::flex(), Device::flex()];
     let two = train_classifier(&with_init("two"), &Device::flex(), &TrainOptions { devices, ..quiet }).unwrap();
     for (a, b) in one.epochs.iter().zip(&two.epochs) {
-        eprintln!("epoch {}: train loss {} vs {}, val loss {} vs {}", a.epoch, a.train_loss, b.train_loss, a.val_loss, b.val_loss);
+        eprintln!(
+            "epoch {}: train loss {} vs {}, val loss {} vs {}",
+            a.epoch, a.train_loss, b.train_loss, a.val_loss, b.val_loss
+        );
         assert!((a.train_loss - b.train_loss).abs() < 1e-3 * a.train_loss, "{} vs {}", a.train_loss, b.train_loss);
         assert!((a.val_loss - b.val_loss).abs() < 1e-3 * a.val_loss, "{} vs {}", a.val_loss, b.val_loss);
     }
@@ -155,7 +163,10 @@ fn bad_data_is_named() {
     // A corrupt image stops training with its path...
     let bad = data.join("train/checker/zz_corrupt.png");
     std::fs::write(&bad, b"not a png").unwrap();
-    let err = format!("{:#}", train_classifier(&config(VIT, &data, &tmp.path().join("r1"), 1), &Device::flex(), &quiet).unwrap_err());
+    let err = format!(
+        "{:#}",
+        train_classifier(&config(VIT, &data, &tmp.path().join("r1"), 1), &Device::flex(), &quiet).unwrap_err()
+    );
     assert!(err.contains("zz_corrupt.png"), "{err}");
     // ... or is skipped and counted when the config says so.
     let mut cfg = config(VIT, &data, &tmp.path().join("r2"), 1);
@@ -165,6 +176,9 @@ fn bad_data_is_named() {
 
     // An empty class folder is an error naming it.
     std::fs::create_dir_all(data.join("val/zz_empty")).unwrap();
-    let err = format!("{:#}", train_classifier(&config(VIT, &data, &tmp.path().join("r3"), 1), &Device::flex(), &quiet).unwrap_err());
+    let err = format!(
+        "{:#}",
+        train_classifier(&config(VIT, &data, &tmp.path().join("r3"), 1), &Device::flex(), &quiet).unwrap_err()
+    );
     assert!(err.contains("zz_empty") && err.contains("no images"), "{err}");
 }

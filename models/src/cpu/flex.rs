@@ -40,7 +40,11 @@ fn values(t: FlexTensor) -> Vec<f32> {
 
 /// Row-major strides of the last `N` dimensions of `t`, made contiguous in the last one.
 fn strided<const N: usize>(t: FlexTensor) -> (FlexTensor, [usize; N]) {
-    let t = if t.layout().strides().last() == Some(&1) && t.layout().has_positive_strides() { t } else { t.to_contiguous() };
+    let t = if t.layout().strides().last() == Some(&1) && t.layout().has_positive_strides() {
+        t
+    } else {
+        t.to_contiguous()
+    };
     let s = t.layout().strides();
     let strides = core::array::from_fn(|i| s[s.len() - N + i] as usize);
     (t, strides)
@@ -93,8 +97,7 @@ pub fn linear<const D: usize>(
         }
         None => vec![0.0; m * n],
     };
-    let parallelism =
-        if m * n * k >= THREADED_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let parallelism = if m * n * k >= THREADED_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: the pointers and strides describe live buffers of the shapes passed.
     unsafe {
         gemm::gemm(
@@ -203,10 +206,25 @@ pub fn conv_taps(
                 // plane c of the source from shift + j0, cols elements, inside the source.
                 unsafe {
                     gemm::gemm(
-                        co, cols, ci, dst_ptr.at(j0), 1, n as isize, true,
-                        ws.as_ptr().add(tap), taps as isize, (ci * taps) as isize,
-                        source.as_ptr().add(shift + j0), 1, plane as isize,
-                        1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+                        co,
+                        cols,
+                        ci,
+                        dst_ptr.at(j0),
+                        1,
+                        n as isize,
+                        true,
+                        ws.as_ptr().add(tap),
+                        taps as isize,
+                        (ci * taps) as isize,
+                        source.as_ptr().add(shift + j0),
+                        1,
+                        plane as isize,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
                     );
                 }
             }
@@ -280,10 +298,25 @@ pub fn conv_unfold(
             // this task's alone; lhs is W as [co, kdim]; rhs is the kdim x n block.
             unsafe {
                 gemm::gemm(
-                    co, n, kdim, out_ptr.at(oy0 * ow), 1, (oh * ow) as isize, true,
-                    ws.as_ptr(), 1, kdim as isize,
-                    cols.as_ptr(), 1, n as isize,
-                    1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+                    co,
+                    n,
+                    kdim,
+                    out_ptr.at(oy0 * ow),
+                    1,
+                    (oh * ow) as isize,
+                    true,
+                    ws.as_ptr(),
+                    1,
+                    kdim as isize,
+                    cols.as_ptr(),
+                    1,
+                    n as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
                 );
             }
         });
@@ -502,11 +535,26 @@ impl Head<'_> {
         // SAFETY: strides and sizes describe the slices and buffers given.
         unsafe {
             gemm::gemm(
-                nq, nk, d, s.as_mut_ptr(), 1, nk as isize, false,
-                self.q.as_ptr(), 1, self.q_rs as isize,
+                nq,
+                nk,
+                d,
+                s.as_mut_ptr(),
+                1,
+                nk as isize,
+                false,
+                self.q.as_ptr(),
+                1,
+                self.q_rs as isize,
                 // Kᵀ: element (t, j) is K[j, t].
-                self.k.as_ptr(), self.k_rs as isize, 1,
-                0.0f32, self.scale, false, false, false, gemm::Parallelism::None,
+                self.k.as_ptr(),
+                self.k_rs as isize,
+                1,
+                0.0f32,
+                self.scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
             );
         }
         for row in s.chunks_exact_mut(nk) {
@@ -515,10 +563,25 @@ impl Head<'_> {
         }
         unsafe {
             gemm::gemm(
-                nq, d, nk, o, 1, o_rs as isize, false,
-                s.as_ptr(), 1, nk as isize,
-                self.v.as_ptr(), 1, self.v_rs as isize,
-                0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+                nq,
+                d,
+                nk,
+                o,
+                1,
+                o_rs as isize,
+                false,
+                s.as_ptr(),
+                1,
+                nk as isize,
+                self.v.as_ptr(),
+                1,
+                self.v_rs as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
             );
         }
     }
