@@ -5,12 +5,12 @@
 //! the boxes follow the image through each step. Batches are zero-padded bottom/right to the
 //! largest image, with a mask that is true on the padding.
 
+use crate::config::{DataConfig, DetrAugmentConfig};
 use burn::prelude::*;
 use image::RgbImage;
 use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
-use zoo_models::config::{DataConfig, DetrAugmentConfig};
 use zoo_models::resample::{Filter, resize_rgb8};
 
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 
 pub mod coco;
 pub mod coco_eval;
+pub mod config;
 pub mod detection;
 pub mod folder;
 pub mod generate;
@@ -10,6 +11,7 @@ pub mod image_io;
 pub mod transforms;
 
 pub use coco::CocoDetection;
+pub use config::{DataConfig, DetrAugmentConfig, Interpolation};
 pub use detection::{DetrImage, DetrTarget, DetrTrainTransform, DetrTransform, PixelBoxes, pad_batch};
 pub use folder::ImageFolder;
 pub use image_io::{DataError, load_rgb};

@@ -2,11 +2,11 @@
 //! `floor(size / crop_pct)` (PIL resampling), center crop `size`, scale to [0, 1], normalise.
 //! Training: random resized crop, horizontal flip, normalise.
 
+use crate::config::{DataConfig, Interpolation};
 use burn::prelude::*;
 use image::RgbImage;
 use rand::Rng;
 use rand::rngs::StdRng;
-use zoo_models::config::{DataConfig, Interpolation};
 use zoo_models::resample::{Filter, resize_rgb8};
 
 #[derive(Debug, Clone)]

@@ -7,9 +7,9 @@ use image::{Rgb, RgbImage};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use zoo_datasets::coco::CocoBox;
+use zoo_datasets::config::{DataConfig, DetrAugmentConfig};
 use zoo_datasets::generate_detection::generate_objects;
 use zoo_datasets::{CocoDetection, DetrTrainTransform, PixelBoxes};
-use zoo_models::config::{DataConfig, DetrAugmentConfig};
 
 const RED: [u8; 3] = [255, 0, 0];
 const GREEN: [u8; 3] = [0, 255, 0];

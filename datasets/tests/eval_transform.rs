@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use zoo_datasets::config::DataConfig;
 use zoo_datasets::{DataError, EvalTransform, load_rgb};
-use zoo_models::config::DataConfig;
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)

@@ -7,7 +7,8 @@ use anyhow::Result;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use serde::Serialize;
-use zoo_models::{Classifier, ModelConfig, ZooConfig};
+use zoo_models::{Classifier, ModelConfig};
+use zoo_train::ZooConfig;
 use zoo_train::classification::soft_cross_entropy;
 use zoo_train::detr_loss::{DetrTarget, SetCriterion};
 

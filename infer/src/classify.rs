@@ -8,7 +8,8 @@ use burn::tensor::activation::softmax;
 use rayon::prelude::*;
 use serde::Serialize;
 use zoo_datasets::{EvalTransform, load_rgb};
-use zoo_models::{Classifier, ZooConfig};
+use zoo_models::Classifier;
+use zoo_train::ZooConfig;
 
 use crate::{Inputs, npy};
 

@@ -12,7 +12,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use zoo_datasets::generate::{SHAPES, generate_shapes, shape_image};
 use zoo_datasets::generate_detection::{OBJECTS, generate_objects};
-use zoo_models::{Classifier, ZooConfig};
+use zoo_models::Classifier;
+use zoo_train::ZooConfig;
 use zoo_train::detection::train_detr;
 use zoo_train::{TrainOptions, train_classifier};
 

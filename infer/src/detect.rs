@@ -10,7 +10,8 @@ use zoo_datasets::DetrTransform;
 use zoo_datasets::coco::COCO_CATEGORY_NAMES;
 use zoo_datasets::detection::load_batch;
 use zoo_models::detr::{Detr, DetrConfig, postprocess};
-use zoo_models::{ModelConfig, ZooConfig, load_weights};
+use zoo_models::{ModelConfig, load_weights};
+use zoo_train::ZooConfig;
 
 use crate::{Inputs, draw, npy};
 

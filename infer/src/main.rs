@@ -12,7 +12,8 @@ use zoo_infer::demo::{DemoOptions, run_demo};
 use zoo_infer::detect::{detect, draw_detections, load_detr};
 use zoo_infer::device::{compiled_backends, devices_named, select_device};
 use zoo_infer::eval::{eval_classifier, eval_detr};
-use zoo_models::{ModelConfig, ZooConfig, save_burnpack};
+use zoo_models::{ModelConfig, save_burnpack};
+use zoo_train::ZooConfig;
 use zoo_train::detection::train_detr;
 use zoo_train::{TrainOptions, train_classifier};
 

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use zoo_infer::device::{compiled_backends, select_device};
-use zoo_models::{Classifier, ZooConfig};
+use zoo_models::Classifier;
+use zoo_train::ZooConfig;
 
 fn fixture(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(case)

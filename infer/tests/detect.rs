@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use zoo_infer::Inputs;
 use zoo_infer::detect::{detect, draw_detections, load_detr};
-use zoo_models::ZooConfig;
+use zoo_train::ZooConfig;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use zoo_datasets::generate::generate_shapes;
 use zoo_infer::detect::load_detr;
 use zoo_infer::eval::{eval_classifier, eval_detr};
-use zoo_models::ZooConfig;
+use zoo_train::ZooConfig;
 use zoo_train::{TrainOptions, train_classifier};
 
 fn repo(path: &str) -> PathBuf {

@@ -2,6 +2,7 @@
 //! with weight import from the checkpoints their reference implementations write.
 
 pub mod classifier;
+pub mod common;
 pub mod config;
 pub mod cpu;
 pub mod detr;
@@ -13,5 +14,5 @@ pub mod tnt;
 pub mod vit;
 
 pub use classifier::Classifier;
-pub use config::{ModelConfig, ZooConfig};
+pub use config::{ConfigError, ModelConfig};
 pub use import::{ImportError, load_weights, load_weights_for_finetuning, save_burnpack};

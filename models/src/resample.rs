@@ -6,6 +6,8 @@
 //! The same coefficients serve two callers: timm's `resample_abs_pos_embed` (float, PyTorch) and
 //! timm's eval `Resize` on 8-bit images (PIL's fixed-point arithmetic, rounded after each pass).
 
+use burn::tensor::TensorData;
+
 /// The resampling filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
@@ -161,6 +163,33 @@ pub fn resize_rgb8(input: &[u8], (h, w): (usize, usize), (out_h, out_w): (usize,
         }
     }
     out
+}
+
+/// Resamples an absolute position embedding `[1, prefix + g*g, C]` to `[1, prefix + n, C]`
+/// (n a square), as timm's `resample_abs_pos_embed`: the prefix tokens are kept, the grid is
+/// resized with antialiased bicubic interpolation, `align_corners=False`.
+pub fn resample_pos_embed(pos: &TensorData, prefix: usize, n: usize) -> Result<TensorData, String> {
+    let dims = pos.shape().as_slice();
+    let [1, tokens, c] = *dims else {
+        return Err(format!("pos_embed has shape {dims:?}, expected [1, tokens, dim]"));
+    };
+    let square = |n: usize| {
+        let g = (n as f64).sqrt().round() as usize;
+        (g * g == n).then_some(g)
+    };
+    let (Some(old), Some(new)) = (square(tokens.saturating_sub(prefix)), square(n)) else {
+        return Err(format!("pos_embed with {tokens} tokens cannot be resampled to {n} patches: grids must be square"));
+    };
+    let values: Vec<f32> = pos.try_to_vec().map_err(|e| format!("pos_embed: {e:?}"))?;
+    // [tokens, C] -> grid [C, old, old]
+    let grid: Vec<f32> = (0..c)
+        .flat_map(|ch| (0..old * old).map(move |p| (ch, p)))
+        .map(|(ch, p)| values[(prefix + p) * c + ch])
+        .collect();
+    let resized = resize_f32(&grid, c, (old, old), (new, new), Filter::Bicubic);
+    let mut out = values[..prefix * c].to_vec();
+    out.extend((0..new * new).flat_map(|p| (0..c).map(move |ch| (p, ch))).map(|(p, ch)| resized[ch * new * new + p]));
+    Ok(TensorData::new(out, [1, prefix + new * new, c]))
 }
 
 #[cfg(test)]

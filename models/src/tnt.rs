@@ -11,10 +11,11 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::common::{GlobalPool, check_patch_grid, defaults};
 use crate::cpu::{attention, linear};
-use crate::import::{Checkpoint, Tensors, resample_pos_embed};
+use crate::import::{Checkpoint, Tensors};
 use crate::layers::{Mlp, timm_init, timm_linear};
-use crate::vit::GlobalPool;
+use crate::resample::resample_pos_embed;
 
 /// TNT-S is `embed_dim 384, inner_dim 24, depth 12, num_heads_outer 6, num_heads_inner 4`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -22,7 +23,7 @@ use crate::vit::GlobalPool;
 pub struct TntConfig {
     pub image_size: usize,
     pub patch_size: usize,
-    #[serde(default = "crate::config::defaults::three")]
+    #[serde(default = "defaults::in_channels")]
     pub in_channels: usize,
     pub num_classes: usize,
     /// Patch (outer) token width.
@@ -32,29 +33,31 @@ pub struct TntConfig {
     pub depth: usize,
     pub num_heads_inner: usize,
     pub num_heads_outer: usize,
-    #[serde(default = "crate::config::defaults::four")]
+    #[serde(default = "defaults::mlp_ratio")]
     pub mlp_ratio: f64,
     #[serde(default)]
     pub qkv_bias: bool,
     /// Stride of the pixel embedding convolution inside each patch.
-    #[serde(default = "four_usize")]
+    #[serde(default = "default_first_stride")]
     pub first_stride: usize,
-    #[serde(default = "tnt_eps")]
+    #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
-    #[serde(default = "crate::config::defaults::token_pool")]
+    #[serde(default = "defaults::global_pool")]
     pub global_pool: GlobalPool,
 }
 
-fn four_usize() -> usize {
+/// TNT-S: 4x4 pixel tokens per 16x16 patch.
+fn default_first_stride() -> usize {
     4
 }
-fn tnt_eps() -> f64 {
+/// TNT keeps PyTorch's LayerNorm eps.
+fn default_layer_norm_eps() -> f64 {
     1e-5
 }
 
 impl TntConfig {
     pub fn validate(&self) -> Result<(), String> {
-        crate::config::check_patch_grid(self.image_size, self.patch_size)?;
+        check_patch_grid(self.image_size, self.patch_size)?;
         for (name, dim, heads) in
             [("embed_dim", self.embed_dim, self.num_heads_outer), ("inner_dim", self.inner_dim, self.num_heads_inner)]
         {
@@ -211,8 +214,9 @@ pub struct Tnt {
 }
 
 impl Tnt {
-    /// Patch tokens after the last block and the final norm: `[B, 1 + N, D]`.
-    pub fn forward_tokens(&self, images: Tensor<4>) -> Tensor<3> {
+    /// timm's `forward_features`: the patch tokens after the last block and the final norm,
+    /// `[B, 1 + N, D]`.
+    pub fn forward_features(&self, images: Tensor<4>) -> Tensor<3> {
         let b = images.dims()[0];
         let mut pixels = self.pixel_embed.forward(images, self.pixel_pos.val());
         let [bn, np, di] = pixels.dims();
@@ -228,15 +232,16 @@ impl Tnt {
         self.norm.forward(patches)
     }
 
+    /// timm's `forward_head`: pools the tokens of [`Tnt::forward_features`] to `[B, D]` and
+    /// applies the head, `[B, num_classes]`; with `pre_logits` it stops before the head.
+    pub fn forward_head(&self, tokens: Tensor<3>, pre_logits: bool) -> Tensor<2> {
+        let pooled = self.global_pool.pool(tokens);
+        if pre_logits { pooled } else { self.head.forward(pooled) }
+    }
+
     /// Class logits `[B, num_classes]` for normalised images `[B, C, H, W]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self.forward_tokens(images);
-        let [b, n, d] = x.dims();
-        let pooled = match self.global_pool {
-            GlobalPool::Token => x.slice(s![.., 0..1]).reshape([b, d]),
-            GlobalPool::Avg => x.slice(s![.., 1..n]).mean_dim(1).reshape([b, d]),
-        };
-        self.head.forward(pooled)
+        self.forward_head(self.forward_features(images), false)
     }
 }
 

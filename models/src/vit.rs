@@ -7,19 +7,11 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::common::{GlobalPool, check_patch_grid, defaults};
 use crate::cpu::{attention, linear};
-use crate::import::{Checkpoint, Tensors, resample_pos_embed};
+use crate::import::{Checkpoint, Tensors};
 use crate::layers::{Mlp, timm_init, timm_linear};
-
-/// How the token sequence becomes one feature vector before the head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GlobalPool {
-    /// The class token after the final norm.
-    Token,
-    /// The mean of the patch tokens, then `fc_norm` (timm: no final `norm` in this mode).
-    Avg,
-}
+use crate::resample::resample_pos_embed;
 
 /// A ViT family member: Ti/16 is `embed_dim 192, num_heads 3`, S/16 `384, 6`, B/16 `768, 12`,
 /// L/16 `1024, 16, depth 24`; `/32` variants set `patch_size = 32`.
@@ -28,32 +20,32 @@ pub enum GlobalPool {
 pub struct VitConfig {
     pub image_size: usize,
     pub patch_size: usize,
-    #[serde(default = "crate::config::defaults::three")]
+    #[serde(default = "defaults::in_channels")]
     pub in_channels: usize,
     pub num_classes: usize,
     pub embed_dim: usize,
     pub depth: usize,
     pub num_heads: usize,
-    #[serde(default = "crate::config::defaults::four")]
+    #[serde(default = "defaults::mlp_ratio")]
     pub mlp_ratio: f64,
-    #[serde(default = "yes")]
+    #[serde(default = "defaults::qkv_bias")]
     pub qkv_bias: bool,
-    #[serde(default = "vit_eps")]
+    #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
-    #[serde(default = "crate::config::defaults::token_pool")]
+    /// The class token after the final `norm` (`token`), or the mean of the patch tokens, then
+    /// `fc_norm` (`avg`; timm has no final `norm` in this mode).
+    #[serde(default = "defaults::global_pool")]
     pub global_pool: GlobalPool,
 }
 
-fn yes() -> bool {
-    true
-}
-fn vit_eps() -> f64 {
+/// timm's ViTs use LayerNorm with eps 1e-6.
+fn default_layer_norm_eps() -> f64 {
     1e-6
 }
 
 impl VitConfig {
     pub fn validate(&self) -> Result<(), String> {
-        crate::config::check_patch_grid(self.image_size, self.patch_size)?;
+        check_patch_grid(self.image_size, self.patch_size)?;
         if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
             return Err(format!(
                 "model.embed_dim = {} must be divisible by model.num_heads = {}",
@@ -103,6 +95,7 @@ impl VitConfig {
             norm: final_norm,
             fc_norm,
             head: timm_linear(d, self.num_classes, true, device),
+            global_pool: self.global_pool,
         }
     }
 }
@@ -164,11 +157,14 @@ pub struct Vit {
     pub norm: Option<LayerNorm>,
     pub fc_norm: Option<LayerNorm>,
     pub head: Linear,
+    #[module(skip)]
+    pub global_pool: GlobalPool,
 }
 
 impl Vit {
-    /// Token sequence after the last block and final norm: `[B, 1 + N, D]`.
-    pub fn forward_tokens(&self, images: Tensor<4>) -> Tensor<3> {
+    /// timm's `forward_features`: the token sequence after the last block and the final norm,
+    /// `[B, 1 + N, D]`.
+    pub fn forward_features(&self, images: Tensor<4>) -> Tensor<3> {
         let patches = self.patch_embed.forward(images);
         let [b, _, d] = patches.dims();
         let cls = self.cls_token.val().expand([b, 1, d]);
@@ -182,20 +178,21 @@ impl Vit {
         }
     }
 
-    /// Pooled features before the head: `[B, D]`.
-    pub fn forward_features(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self.forward_tokens(images);
-        let [b, n, d] = x.dims();
-        match &self.fc_norm {
-            // Average pooling over the patch tokens (the class token is left out), as timm does.
-            Some(fc_norm) => fc_norm.forward(x.slice(s![.., 1..n]).mean_dim(1).reshape([b, d])),
-            None => x.slice(s![.., 0..1]).reshape([b, d]),
-        }
+    /// timm's `forward_head`: pools the tokens of [`Vit::forward_features`] (then `fc_norm`,
+    /// if any) to `[B, D]` and applies the head, `[B, num_classes]`; with `pre_logits` it stops
+    /// before the head.
+    pub fn forward_head(&self, tokens: Tensor<3>, pre_logits: bool) -> Tensor<2> {
+        let pooled = self.global_pool.pool(tokens);
+        let pooled = match &self.fc_norm {
+            Some(fc_norm) => fc_norm.forward(pooled),
+            None => pooled,
+        };
+        if pre_logits { pooled } else { self.head.forward(pooled) }
     }
 
     /// Class logits `[B, num_classes]` for normalised images `[B, C, H, W]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.head.forward(self.forward_features(images))
+        self.forward_head(self.forward_features(images), false)
     }
 }
 

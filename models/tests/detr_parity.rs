@@ -6,13 +6,13 @@ mod common;
 
 use burn::prelude::*;
 use common::{fixture, max_abs_diff, npy_tensor};
-use zoo_models::{ModelConfig, ZooConfig, load_weights};
+use zoo_models::{ModelConfig, load_weights};
 
 fn check(weights: &str) {
     let device = Device::flex();
     let dir = fixture("detr_tiny");
-    let config = ZooConfig::from_file(dir.join("config.toml")).unwrap();
-    let ModelConfig::Detr(detr) = config.model else { panic!("not a DETR config") };
+    let config = ModelConfig::from_file(dir.join("config.toml")).unwrap();
+    let ModelConfig::Detr(detr) = config else { panic!("not a DETR config") };
     let model = load_weights(detr.init(&device), &dir.join(weights)).unwrap();
 
     let images = npy_tensor::<4>(&dir.join("input.npy"), &device);
@@ -46,8 +46,8 @@ fn detr_matches_reference_from_original_pth() {
 fn backbone_loads_from_a_torchvision_checkpoint() {
     let device = Device::flex();
     let dir = fixture("detr_tiny");
-    let config = ZooConfig::from_file(dir.join("config.toml")).unwrap();
-    let ModelConfig::Detr(detr) = config.model else { panic!("not a DETR config") };
+    let config = ModelConfig::from_file(dir.join("config.toml")).unwrap();
+    let ModelConfig::Detr(detr) = config else { panic!("not a DETR config") };
     let full = load_weights(detr.init(&device), &dir.join("detr_original.pth")).unwrap();
     let backbone = load_weights(detr.init(&device).backbone, &dir.join("resnet_backbone.pth")).unwrap();
     let x = Tensor::<4>::random([1, 3, 64, 96], burn::tensor::Distribution::Default, &device);

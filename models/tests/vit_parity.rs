@@ -5,13 +5,13 @@ mod common;
 use burn::prelude::*;
 use common::{fixture, max_abs_diff, npy_tensor};
 use zoo_models::vit::Vit;
-use zoo_models::{ModelConfig, ZooConfig, load_weights};
+use zoo_models::{ModelConfig, load_weights};
 
 const TOLERANCE: f32 = 1e-4;
 
 fn vit_for(case: &str, device: &Device) -> Vit {
-    let config = ZooConfig::from_file(fixture(case).join("config.toml")).unwrap();
-    let ModelConfig::Vit(vit) = config.model else { panic!("{case} is not a ViT config") };
+    let config = ModelConfig::from_file(fixture(case).join("config.toml")).unwrap();
+    let ModelConfig::Vit(vit) = config else { panic!("{case} is not a ViT config") };
     vit.init(device)
 }
 

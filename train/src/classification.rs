@@ -20,11 +20,11 @@ use burn::tensor::activation::log_softmax;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use zoo_datasets::{EvalTransform, ImageFolder, TrainTransform};
-use zoo_models::config::TrainConfig;
-use zoo_models::{Classifier, ZooConfig};
+use zoo_models::Classifier;
 
 use crate::checkpoint::{self, Progress};
 use crate::clip::clip_grad_norm;
+use crate::config::{TrainConfig, ZooConfig};
 use crate::loader::{Augment, HostBatch, Loader};
 use crate::mix::MixConfig;
 

@@ -24,13 +24,13 @@ use zoo_datasets::detection::load_batch;
 use zoo_datasets::{
     CocoDetection, DataError, DetrImage, DetrTarget, DetrTrainTransform, DetrTransform, PixelBoxes, pad_batch,
 };
-use zoo_models::config::TrainConfig;
 use zoo_models::detr::{Detr, DetrConfig, postprocess};
-use zoo_models::{ModelConfig, ZooConfig, load_weights, load_weights_for_finetuning, save_burnpack};
+use zoo_models::{ModelConfig, load_weights, load_weights_for_finetuning, save_burnpack};
 
 use crate::TrainOptions;
 use crate::checkpoint::{self, Progress};
 use crate::classification::{optimizer_step, progress_bar, schedule};
+use crate::config::{TrainConfig, ZooConfig};
 use crate::detr_loss::SetCriterion;
 use crate::loader::{decode_or_skip, prefetch, rng_for};
 

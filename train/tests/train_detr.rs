@@ -6,8 +6,9 @@ use std::path::Path;
 
 use burn::prelude::*;
 use zoo_datasets::generate_detection::generate_objects;
-use zoo_models::{ModelConfig, ZooConfig};
+use zoo_models::ModelConfig;
 use zoo_train::TrainOptions;
+use zoo_train::ZooConfig;
 use zoo_train::detection::train_detr;
 
 const DEMO: &str = include_str!("../../configs/demo_detr.toml");

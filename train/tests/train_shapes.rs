@@ -5,7 +5,8 @@ use std::path::Path;
 
 use burn::prelude::*;
 use zoo_datasets::generate::generate_shapes;
-use zoo_models::{Classifier, ZooConfig};
+use zoo_models::Classifier;
+use zoo_train::ZooConfig;
 use zoo_train::{TrainOptions, train_classifier};
 
 const CLASSES: usize = 4;

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use zoo_models::{ModelConfig, ZooConfig};
+use zoo_models::ModelConfig;
+use zoo_train::ZooConfig;
 
 fn write(name: &str, text: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("{}_{name}", std::process::id()));

@@ -1,0 +1,146 @@
+//! The data sections of the zoo's TOML config files: `[data]` (preprocessing shared by training,
+//! evaluation and inference) and `[train.detection]` (DETR's training augmentation).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// How images are resampled when resizing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interpolation {
+    Bilinear,
+    Bicubic,
+}
+
+/// Preprocessing and the class names (`[data]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Per-channel mean subtracted after scaling pixels to [0, 1].
+    #[serde(default = "defaults::mean")]
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by after subtracting the mean.
+    #[serde(default = "defaults::std")]
+    pub std: [f32; 3],
+    /// Resampling filter of the eval resize.
+    #[serde(default = "defaults::interpolation")]
+    pub interpolation: Interpolation,
+    /// Eval transform: resize the shorter side to floor(image_size / crop_pct), then center crop.
+    #[serde(default = "defaults::crop_pct")]
+    pub crop_pct: f64,
+    /// Optional text file with one class name per line (line i = class i), relative to the config.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            mean: defaults::mean(),
+            std: defaults::std(),
+            interpolation: defaults::interpolation(),
+            crop_pct: defaults::crop_pct(),
+            labels: None,
+        }
+    }
+}
+
+impl DataConfig {
+    /// Checks the values; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.crop_pct > 0.0 && self.crop_pct <= 1.0) {
+            return Err(format!("data.crop_pct = {} must be in (0, 1]", self.crop_pct));
+        }
+        if self.std.iter().any(|s| *s <= 0.0) {
+            return Err(format!("data.std = {:?} must be positive", self.std));
+        }
+        Ok(())
+    }
+
+    /// Class names from `labels`, if a label file is named.
+    pub fn labels(&self) -> std::io::Result<Option<Vec<String>>> {
+        let Some(path) = &self.labels else { return Ok(None) };
+        let text = std::fs::read_to_string(path)?;
+        Ok(Some(text.lines().map(|l| l.trim().to_string()).collect()))
+    }
+}
+
+/// DETR's training augmentation (`[train.detection]`; its defaults are the paper's, for COCO).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetrAugmentConfig {
+    /// Shorter sides of the multi-scale resize, one picked per image.
+    #[serde(default = "defaults::detr_scales")]
+    pub scales: Vec<usize>,
+    /// The longer side never exceeds this after the multi-scale resize.
+    #[serde(default = "defaults::detr_max_size")]
+    pub max_size: usize,
+    /// Half of the images are first resized to one of these shorter sides and randomly cropped;
+    /// empty turns the crop off.
+    #[serde(default = "defaults::detr_crop_scales")]
+    pub crop_scales: Vec<usize>,
+    /// Smallest and largest width and height of the random crop.
+    #[serde(default = "defaults::detr_crop_size")]
+    pub crop_size: [usize; 2],
+}
+
+impl Default for DetrAugmentConfig {
+    fn default() -> Self {
+        Self {
+            scales: defaults::detr_scales(),
+            max_size: defaults::detr_max_size(),
+            crop_scales: defaults::detr_crop_scales(),
+            crop_size: defaults::detr_crop_size(),
+        }
+    }
+}
+
+impl DetrAugmentConfig {
+    /// Checks the sizes; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.scales.is_empty() || self.scales.contains(&0) || self.max_size == 0 || self.crop_scales.contains(&0) {
+            return Err("train.detection.scales must not be empty, and no size may be 0".into());
+        }
+        if self.crop_size[0] == 0 || self.crop_size[0] > self.crop_size[1] {
+            return Err(format!(
+                "train.detection.crop_size = {:?} must be [min, max] with 0 < min <= max",
+                self.crop_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Defaults of the fields above (serde needs them as functions).
+mod defaults {
+    use super::Interpolation;
+
+    /// timm's ViTs (augreg) normalise with mean 0.5 and std 0.5 per channel.
+    pub fn mean() -> [f32; 3] {
+        [0.5, 0.5, 0.5]
+    }
+    pub fn std() -> [f32; 3] {
+        [0.5, 0.5, 0.5]
+    }
+    pub fn interpolation() -> Interpolation {
+        Interpolation::Bicubic
+    }
+    /// timm's default eval crop: 224 out of a 248-pixel shorter side.
+    pub fn crop_pct() -> f64 {
+        0.9
+    }
+    /// DETR's multi-scale training sizes: 480 to 800 in steps of 32.
+    pub fn detr_scales() -> Vec<usize> {
+        (480..=800).step_by(32).collect()
+    }
+    pub fn detr_max_size() -> usize {
+        1333
+    }
+    pub fn detr_crop_scales() -> Vec<usize> {
+        vec![400, 500, 600]
+    }
+    pub fn detr_crop_size() -> [usize; 2] {
+        [384, 600]
+    }
+}

@@ -1,0 +1,284 @@
+//! A whole config file, [`ZooConfig`]: the `[model]` section (the models' crate), `[data]` (the
+//! datasets' crate), and the sections that training owns, `[train]` and `[eval]`. Unknown and
+//! missing fields are errors that name the file and the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zoo_datasets::config::{DataConfig, DetrAugmentConfig};
+use zoo_models::ModelConfig;
+pub use zoo_models::config::ConfigError;
+
+/// A whole config file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZooConfig {
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+    /// Present in configs that can be trained.
+    #[serde(default)]
+    pub train: Option<TrainConfig>,
+}
+
+/// Evaluation and inference settings (`[eval]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    #[serde(default = "defaults::eval_batch_size")]
+    pub batch_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { batch_size: defaults::eval_batch_size() }
+    }
+}
+
+/// How a model is trained (`[train]`): for classifiers timm's / DeiT's recipe, for DETR its
+/// `main.py`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Training images in the ImageNet layout (`<class>/<image>`), relative to the config file.
+    pub train_dir: PathBuf,
+    /// Validation images, same layout and the same class folders.
+    pub val_dir: PathBuf,
+    /// Where checkpoints, metrics and the exported models go, relative to the working directory.
+    pub output_dir: PathBuf,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate of AdamW, reached after the warmup.
+    pub lr: f64,
+    #[serde(default)]
+    pub min_lr: f64,
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    /// AdamW weight decay, applied to weight matrices and convolution kernels only (not to
+    /// biases, norms, class tokens or position embeddings), as timm does.
+    #[serde(default = "defaults::weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Scale the gradients down when their global L2 norm (over every parameter, as
+    /// `torch.nn.utils.clip_grad_norm_`) exceeds this; 0 turns clipping off.
+    #[serde(default)]
+    pub grad_clip: f64,
+    /// Optimizer steps every `grad_accum` batches.
+    #[serde(default = "defaults::grad_accum")]
+    pub grad_accum: usize,
+    /// Mixup's Beta(alpha, alpha); 0 turns it off.
+    #[serde(default)]
+    pub mixup_alpha: f64,
+    /// CutMix's Beta(alpha, alpha); 0 turns it off.
+    #[serde(default)]
+    pub cutmix_alpha: f64,
+    /// Probability that a batch is mixed at all.
+    #[serde(default = "defaults::mix_prob")]
+    pub mix_prob: f64,
+    /// When both are on: probability of CutMix rather than mixup.
+    #[serde(default = "defaults::switch_prob")]
+    pub switch_prob: f64,
+    /// Random resized crop: smallest fraction of the image area kept.
+    #[serde(default = "defaults::scale_min")]
+    pub scale_min: f64,
+    /// Probability of a horizontal flip.
+    #[serde(default = "defaults::hflip")]
+    pub hflip: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// Start from these weights (timm .safetensors/.pth or .bpk); a head of another size is
+    /// left at its initialisation (fine-tuning to a new number of classes).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+    /// Skip images that cannot be decoded (reported and counted) instead of stopping.
+    #[serde(default)]
+    pub skip_bad_images: bool,
+    /// Train data-parallel on these devices (`flex`, `ndarray`, `tch`, `wgpu`, `wgpu:N` for the
+    /// N-th discrete GPU): each takes an even share of every batch on its own copy of the model,
+    /// and the gradients are summed on the first, which holds the optimizer. Empty: the command's
+    /// `--device`. Classifiers only.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Step schedule instead of warmup + cosine: the learning rate is multiplied by 0.1 after
+    /// this many epochs (DETR: 200 of 300).
+    #[serde(default)]
+    pub lr_drop: Option<usize>,
+    /// Detection: COCO `instances_*.json` of the training images (`train_dir`) and of the
+    /// validation images (`val_dir`), relative to the config file.
+    #[serde(default)]
+    pub train_annotations: Option<PathBuf>,
+    #[serde(default)]
+    pub val_annotations: Option<PathBuf>,
+    /// Detection: torchvision ResNet weights (the ImageNet `resnet50-0676ba61.pth` for DETR-R50)
+    /// for the backbone of a model trained from the start, as DETR does; relative to the config.
+    #[serde(default)]
+    pub backbone_init: Option<PathBuf>,
+    /// Detection: learning rate of the backbone (DETR: 1e-5 against 1e-4 for the rest).
+    #[serde(default)]
+    pub backbone_lr: Option<f64>,
+    /// Detection: leading parts of the backbone kept frozen, in the order stem, layer1, ...,
+    /// layer4. DETR, starting from ImageNet weights, freezes the stem and layer1 (2); 0 trains
+    /// the whole backbone (from scratch), 5 none of it.
+    #[serde(default = "defaults::frozen_backbone_parts")]
+    pub frozen_backbone_parts: usize,
+    /// Detection: DETR's training augmentation.
+    #[serde(default)]
+    pub detection: DetrAugmentConfig,
+}
+
+/// Defaults of the fields above (serde needs them as functions).
+mod defaults {
+    pub fn eval_batch_size() -> usize {
+        8
+    }
+    /// DeiT's AdamW weight decay.
+    pub fn weight_decay() -> f64 {
+        0.05
+    }
+    /// An optimizer step after every batch.
+    pub fn grad_accum() -> usize {
+        1
+    }
+    /// Every batch is mixed when mixup or CutMix is on.
+    pub fn mix_prob() -> f64 {
+        1.0
+    }
+    /// timm's even choice between mixup and CutMix.
+    pub fn switch_prob() -> f64 {
+        0.5
+    }
+    /// timm's `RandomResizedCrop` keeps from 8% of the image area.
+    pub fn scale_min() -> f64 {
+        0.08
+    }
+    pub fn hflip() -> f64 {
+        0.5
+    }
+    /// DETR freezes the stem and layer1 of its ImageNet-initialised backbone.
+    pub fn frozen_backbone_parts() -> usize {
+        2
+    }
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            return Err("train.epochs, train.batch_size and train.grad_accum must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr <= 1.0) || self.min_lr < 0.0 || self.min_lr > self.lr {
+            return Err(format!(
+                "train.lr = {} must be in (0, 1] and train.min_lr = {} in [0, lr]",
+                self.lr, self.min_lr
+            ));
+        }
+        if self.warmup_epochs >= self.epochs {
+            return Err(format!(
+                "train.warmup_epochs = {} must be less than train.epochs = {}",
+                self.warmup_epochs, self.epochs
+            ));
+        }
+        for (name, p) in [
+            ("mix_prob", self.mix_prob),
+            ("switch_prob", self.switch_prob),
+            ("hflip", self.hflip),
+            ("label_smoothing", self.label_smoothing),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("train.{name} = {p} must be in [0, 1]"));
+            }
+        }
+        if !(self.scale_min > 0.0 && self.scale_min <= 1.0) {
+            return Err(format!("train.scale_min = {} must be in (0, 1]", self.scale_min));
+        }
+        if let Some(drop) = self.lr_drop
+            && (drop == 0 || drop > self.epochs)
+        {
+            return Err(format!("train.lr_drop = {drop} must be in [1, train.epochs = {}]", self.epochs));
+        }
+        if self.init_from.is_some() && self.backbone_init.is_some() {
+            return Err("give train.init_from (a whole model) or train.backbone_init (its backbone), not both".into());
+        }
+        if self.frozen_backbone_parts > 5 {
+            return Err(format!(
+                "train.frozen_backbone_parts = {} must be at most 5 (stem and four stages)",
+                self.frozen_backbone_parts
+            ));
+        }
+        self.detection.validate()
+    }
+}
+
+impl ZooConfig {
+    /// Reads and validates a TOML config; relative paths inside it are resolved against its folder.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let mut config =
+            Self::from_toml_str(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })?;
+        if let Some(dir) = path.parent() {
+            let resolve = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            };
+            if let Some(labels) = &mut config.data.labels {
+                resolve(labels);
+            }
+            if let Some(train) = &mut config.train {
+                resolve(&mut train.train_dir);
+                resolve(&mut train.val_dir);
+                for path in [
+                    &mut train.init_from,
+                    &mut train.backbone_init,
+                    &mut train.train_annotations,
+                    &mut train.val_annotations,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    resolve(path);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text; the error says which field is wrong and why.
+    pub fn from_toml_str(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.model.validate()?;
+        self.data.validate()?;
+        if let Some(train) = &self.train {
+            train.validate()?;
+            let detector = matches!(self.model, ModelConfig::Detr(_));
+            let has_annotations = train.train_annotations.is_some() && train.val_annotations.is_some();
+            if detector != has_annotations {
+                return Err(if detector {
+                    "a detector's [train] needs train_annotations and val_annotations (COCO instances JSON)".into()
+                } else {
+                    "train_annotations and val_annotations are for detectors; a classifier reads class folders".into()
+                });
+            }
+        }
+        if self.eval.batch_size == 0 {
+            return Err("eval.batch_size must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Class names from `data.labels`, if the config names a label file.
+    pub fn labels(&self) -> Result<Option<Vec<String>>, ConfigError> {
+        self.data
+            .labels()
+            .map_err(|source| ConfigError::Io { path: self.data.labels.clone().unwrap_or_default(), source })
+    }
+}
