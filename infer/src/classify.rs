@@ -77,10 +77,10 @@ pub fn classify(
     };
     let logits = Tensor::cat(logits, 0);
     let [b, classes] = logits.dims();
-    if let Some(labels) = &labels {
-        if labels.len() != classes {
-            bail!("label file has {} lines but the model has {classes} classes", labels.len());
-        }
+    if let Some(labels) = &labels
+        && labels.len() != classes
+    {
+        bail!("label file has {} lines but the model has {classes} classes", labels.len());
     }
     let probs: Vec<f32> = softmax(logits.clone(), 1).into_data().try_into_vec().context("reading probabilities")?;
     let logits: Vec<f32> = logits.into_data().try_into_vec().context("reading logits")?;

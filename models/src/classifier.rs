@@ -9,6 +9,8 @@ use crate::import::{ImportError, load_weights, load_weights_for_finetuning, save
 use crate::tnt::Tnt;
 use crate::vit::Vit;
 
+// One model per program: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Classifier {
     Vit(Vit),

@@ -48,7 +48,7 @@ pub(crate) mod defaults {
 
 /// The image must cut into whole patches.
 pub(crate) fn check_patch_grid(image_size: usize, patch_size: usize) -> Result<(), String> {
-    if patch_size == 0 || image_size % patch_size != 0 {
+    if patch_size == 0 || !image_size.is_multiple_of(patch_size) {
         return Err(format!(
             "model.image_size = {image_size} must be a positive multiple of model.patch_size = {patch_size}"
         ));

@@ -266,11 +266,11 @@ impl Checkpoint for Tnt {
     fn adapt_checkpoint(&self, tensors: Tensors) -> Result<Tensors, String> {
         let mut tensors = if tensors.contains_key("patch_pos") { tensors } else { huawei_to_timm(tensors)? };
         let target = self.patch_pos.dims();
-        if let Some(pos) = tensors.get("patch_pos") {
-            if pos.shape().as_slice() != target.as_slice() {
-                let resampled = resample_pos_embed(pos, 1, target[1] - 1)?;
-                tensors.insert("patch_pos".into(), resampled);
-            }
+        if let Some(pos) = tensors.get("patch_pos")
+            && pos.shape().as_slice() != target.as_slice()
+        {
+            let resampled = resample_pos_embed(pos, 1, target[1] - 1)?;
+            tensors.insert("patch_pos".into(), resampled);
         }
         Ok(tensors)
     }

@@ -46,7 +46,7 @@ fn default_layer_norm_eps() -> f64 {
 impl VitConfig {
     pub fn validate(&self) -> Result<(), String> {
         check_patch_grid(self.image_size, self.patch_size)?;
-        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "model.embed_dim = {} must be divisible by model.num_heads = {}",
                 self.embed_dim, self.num_heads
@@ -200,11 +200,11 @@ impl Checkpoint for Vit {
     /// timm names match the module's; only a `pos_embed` of another grid size needs resampling.
     fn adapt_checkpoint(&self, mut tensors: Tensors) -> Result<Tensors, String> {
         let target = self.pos_embed.dims();
-        if let Some(pos) = tensors.get("pos_embed") {
-            if pos.shape().as_slice() != target.as_slice() {
-                let resampled = resample_pos_embed(pos, 1, target[1] - 1)?;
-                tensors.insert("pos_embed".into(), resampled);
-            }
+        if let Some(pos) = tensors.get("pos_embed")
+            && pos.shape().as_slice() != target.as_slice()
+        {
+            let resampled = resample_pos_embed(pos, 1, target[1] - 1)?;
+            tensors.insert("pos_embed".into(), resampled);
         }
         Ok(tensors)
     }
