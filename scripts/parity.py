@@ -1,13 +1,16 @@
 """Full-size parity check against the reference implementations, on random weights.
 
     python scripts/parity.py vit|tnt|detr [--zoo target/release/zoo] [--dir /tmp/parity]
+                             [--device flex,ndarray,wgpu,tch]
 
 Builds the full-size model with its reference (timm for ViT-B/16 and TNT-S, Hugging Face
 transformers for DETR-R50), perturbs every parameter so that no tensor is trivially zero or one,
 saves its weights in each layout the zoo loads (timm: .safetensors and a .pth nested under
 "model"; DETR: HF .safetensors and the original facebookresearch/detr .pth layout), runs the
 reference and `zoo classify|detect --input-npy --json` on the same random input and prints the
-largest absolute differences. Exits non-zero if a difference is over the tolerance.
+largest absolute differences, once per `--device` (each passed to `zoo --device`; the binary
+must be built with those backends, e.g. `ZOO_FEATURES=flex,ndarray,wgpu,tch just build`). Exits
+non-zero if a difference is over the tolerance.
 """
 import argparse
 import json
@@ -24,11 +27,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 from make_model_fixtures import hf_to_facebook, perturb  # noqa: E402
 
 
-def run_zoo(zoo, command, config, weights, npy):
-    t = time.perf_counter()
-    out = subprocess.run([zoo, command, "--config", config, "--weights", weights, "--input-npy", npy,
-                          "--json"], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout), time.perf_counter() - t
+def run_zoo(args, command, config, weights, npy):
+    """`zoo COMMAND ... --json` on every device of `--device`: [(device, output, seconds)]."""
+    runs = []
+    for device in args.device.split(",") if args.device else [None]:
+        t = time.perf_counter()
+        cmd = [args.zoo, command, "--config", config, "--weights", weights, "--input-npy", npy, "--json"]
+        out = subprocess.run(cmd + (["--device", device] if device else []), check=True, capture_output=True,
+                             text=True)
+        runs.append((device or "default", json.loads(out.stdout), time.perf_counter() - t))
+    return runs
 
 
 def classifier(args, name, config):
@@ -50,11 +58,11 @@ def classifier(args, name, config):
     np.save(npy, x.numpy())
     ok = True
     for fmt, path in files.items():
-        out, zoo_s = run_zoo(args.zoo, "classify", config, path, npy)
-        diff = float(np.abs(np.array(out["logits"], dtype=np.float32) - ref).max())
-        ok &= diff <= 1e-4
-        print(f"{name} from .{fmt}: max |zoo - timm| logits = {diff:.3e} "
-              f"(torch forward {torch_s:.2f} s for 2 images; zoo process incl. load {zoo_s:.2f} s)")
+        for device, out, zoo_s in run_zoo(args, "classify", config, path, npy):
+            diff = float(np.abs(np.array(out["logits"], dtype=np.float32) - ref).max())
+            ok &= diff <= 1e-4
+            print(f"{name} from .{fmt} on {device}: max |zoo - timm| logits = {diff:.3e} "
+                  f"(torch forward {torch_s:.2f} s for 2 images; zoo process incl. load {zoo_s:.2f} s)")
     return ok
 
 
@@ -87,12 +95,12 @@ def detr(args):
     np.save(npy, x.numpy())
     ok = True
     for fmt, path in files.items():
-        out, zoo_s = run_zoo(args.zoo, "detect", "configs/detr_r50.toml", path, npy)
-        dl = float(np.abs(np.array(out["pred_logits"], dtype=np.float32) - o.logits.numpy()).max())
-        db = float(np.abs(np.array(out["pred_boxes"], dtype=np.float32) - o.pred_boxes.numpy()).max())
-        ok &= dl <= 1e-4 and db <= 1e-5
-        print(f"DETR-R50 480x640 from {fmt}: max |zoo - HF| pred_logits = {dl:.3e}, pred_boxes = {db:.3e} "
-              f"(torch forward {torch_s:.2f} s; zoo process incl. load {zoo_s:.2f} s)")
+        for device, out, zoo_s in run_zoo(args, "detect", "configs/detr_r50.toml", path, npy):
+            dl = float(np.abs(np.array(out["pred_logits"], dtype=np.float32) - o.logits.numpy()).max())
+            db = float(np.abs(np.array(out["pred_boxes"], dtype=np.float32) - o.pred_boxes.numpy()).max())
+            ok &= dl <= 1e-4 and db <= 1e-5
+            print(f"DETR-R50 480x640 from {fmt} on {device}: max |zoo - HF| pred_logits = {dl:.3e}, "
+                  f"pred_boxes = {db:.3e} (torch forward {torch_s:.2f} s; zoo process incl. load {zoo_s:.2f} s)")
     return ok
 
 
@@ -101,6 +109,8 @@ def main():
     p.add_argument("model", choices=["vit", "tnt", "detr"])
     p.add_argument("--zoo", default="target/release/zoo")
     p.add_argument("--dir", default="/tmp/zoo-parity")
+    p.add_argument("--device", default=None,
+                   help="comma-separated zoo devices to compare, e.g. flex,ndarray,wgpu,tch (default: zoo's own)")
     args = p.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     torch.set_num_threads(os.cpu_count())
