@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::Deserialize;
+use zoo_models::box_ops::box_xywh_to_xyxy;
 
 /// Number of IoU thresholds, `.50:.05:.95`.
 const NUM_IOU_THRS: usize = 10;
@@ -436,16 +437,21 @@ fn by_descending_score(a: f64, b: f64) -> Ordering {
 }
 
 /// `bbIou` of the COCO mask API (maskApi.c): IoU of every detection with every ground-truth box,
-/// row-major by detection. For a crowd region the union is the detection's area.
+/// row-major by detection. For a crowd region the union is the detection's area. Not
+/// [`box_iou`](zoo_models::box_ops::box_iou): besides crowds, maskApi.c works in f64 on
+/// `[x, y, w, h]`, takes each area as `w * h` rather than from the corners, and gives 0 without
+/// dividing when the boxes do not overlap; the statistics match pycocotools bit for bit only so.
 fn bbox_ious(dts: &[&Detection], gts: &[&GtAnnotation]) -> Vec<f64> {
     let mut ious = Vec::with_capacity(dts.len() * gts.len());
     for d in dts {
         let [dx, dy, dw, dh] = d.bbox;
+        let [_, _, dx1, dy1] = box_xywh_to_xyxy(d.bbox);
         let det_area = dw * dh;
         for g in gts {
             let [gx, gy, gw, gh] = g.bbox;
-            let w = (dw + dx).min(gw + gx) - dx.max(gx);
-            let h = (dh + dy).min(gh + gy) - dy.max(gy);
+            let [_, _, gx1, gy1] = box_xywh_to_xyxy(g.bbox);
+            let w = dx1.min(gx1) - dx.max(gx);
+            let h = dy1.min(gy1) - dy.max(gy);
             let iou = if w <= 0.0 || h <= 0.0 {
                 0.0
             } else {

@@ -11,6 +11,7 @@ use image::RgbImage;
 use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
+use zoo_models::box_ops::{box_has_area, box_xywh_to_xyxy, box_xyxy_to_cxcywh, clip_box, scale_box};
 use zoo_models::resample::{Filter, resize_rgb8};
 
 use std::path::PathBuf;
@@ -42,9 +43,8 @@ impl PixelBoxes {
         let (w, h) = (width as f32, height as f32);
         let mut out = Self::default();
         for a in annotations.iter().filter(|a| !a.crowd) {
-            let [x, y, bw, bh] = a.bbox.map(|v| v as f32);
-            let b = [x.clamp(0.0, w), y.clamp(0.0, h), (x + bw).clamp(0.0, w), (y + bh).clamp(0.0, h)];
-            if b[2] > b[0] && b[3] > b[1] {
+            let b = clip_box(box_xywh_to_xyxy(a.bbox.map(|v| v as f32)), w, h);
+            if box_has_area(b) {
                 out.labels.push(a.category_id as usize);
                 out.boxes.push(b);
             }
@@ -54,7 +54,7 @@ impl PixelBoxes {
 
     fn scale(&mut self, sx: f32, sy: f32) {
         for b in &mut self.boxes {
-            *b = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy];
+            *b = scale_box(*b, sx, sy);
         }
     }
 
@@ -64,7 +64,10 @@ impl PixelBoxes {
         let boxes = self
             .boxes
             .iter()
-            .map(|b| [(b[0] + b[2]) / 2.0 / w, (b[1] + b[3]) / 2.0 / h, (b[2] - b[0]) / w, (b[3] - b[1]) / h])
+            .map(|&b| {
+                let [cx, cy, bw, bh] = box_xyxy_to_cxcywh(b);
+                [cx / w, cy / h, bw / w, bh / h]
+            })
             .collect();
         DetrTarget { labels: self.labels.clone(), boxes }
     }
@@ -157,13 +160,8 @@ impl DetrTrainTransform {
         let mut kept = PixelBoxes::default();
         for (&label, b) in boxes.labels.iter().zip(&boxes.boxes) {
             let (l, t) = (left as f32, top as f32);
-            let c = [
-                (b[0] - l).clamp(0.0, cw as f32),
-                (b[1] - t).clamp(0.0, ch as f32),
-                (b[2] - l).clamp(0.0, cw as f32),
-                (b[3] - t).clamp(0.0, ch as f32),
-            ];
-            if c[2] > c[0] && c[3] > c[1] {
+            let c = clip_box([b[0] - l, b[1] - t, b[2] - l, b[3] - t], cw as f32, ch as f32);
+            if box_has_area(c) {
                 kept.labels.push(label);
                 kept.boxes.push(c);
             }

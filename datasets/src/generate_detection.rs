@@ -14,6 +14,7 @@ use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use zoo_models::box_ops::{box_xywh_to_xyxy, boxes_overlap};
 
 use crate::DataError;
 
@@ -50,10 +51,7 @@ fn scene(rng: &mut StdRng) -> (RgbImage, Vec<Object>) {
         for _ in 0..20 {
             let (w, h) = (rng.random_range(24..=64u32), rng.random_range(24..=64u32));
             let bbox = [rng.random_range(0..=width - w), rng.random_range(0..=height - h), w, h];
-            let overlaps = objects.iter().any(|o| {
-                let [x, y, ow, oh] = o.bbox;
-                bbox[0] < x + ow && x < bbox[0] + w && bbox[1] < y + oh && y < bbox[1] + h
-            });
+            let overlaps = objects.iter().any(|o| boxes_overlap(box_xywh_to_xyxy(o.bbox), box_xywh_to_xyxy(bbox)));
             if !overlaps {
                 objects.push(Object { category_id: rng.random_range(1..=OBJECTS.len() as u64), bbox });
                 break;

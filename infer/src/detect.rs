@@ -9,6 +9,7 @@ use serde::Serialize;
 use zoo_datasets::DetrTransform;
 use zoo_datasets::coco::COCO_CATEGORY_NAMES;
 use zoo_datasets::detection::load_batch;
+use zoo_models::box_ops::{box_xywh_to_xyxy, box_xyxy_to_xywh};
 use zoo_models::detr::{Detr, DetrConfig, postprocess};
 use zoo_models::{ModelConfig, load_weights};
 use zoo_train::ZooConfig;
@@ -87,14 +88,11 @@ pub fn detect(
             let mut kept: Vec<DetectionJson> = dets
                 .into_iter()
                 .filter(|d| d.score >= threshold)
-                .map(|d| {
-                    let [x0, y0, x1, y1] = d.bbox_xyxy;
-                    DetectionJson {
-                        category_id: d.label,
-                        category: names[d.label].clone(),
-                        score: d.score,
-                        bbox: [x0, y0, x1 - x0, y1 - y0],
-                    }
+                .map(|d| DetectionJson {
+                    category_id: d.label,
+                    category: names[d.label].clone(),
+                    score: d.score,
+                    bbox: box_xyxy_to_xywh(d.bbox_xyxy),
                 })
                 .collect();
             kept.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -135,8 +133,8 @@ pub fn draw_detections(out: &DetectOutput, pictures: Vec<RgbImage>, out_dir: &Pa
         let scale = (img.width().max(img.height()) as i64 / 400).max(1);
         for d in dets.iter().rev() {
             let colour = draw::class_colour(d.category_id);
-            let [x, y, w, h] = d.bbox;
-            draw::rectangle(&mut img, [x, y, x + w, y + h], 2 * scale, colour);
+            let [x, y, ..] = d.bbox;
+            draw::rectangle(&mut img, box_xywh_to_xyxy(d.bbox), 2 * scale, colour);
             let text = format!("{} {:.2}", d.category, d.score);
             draw::label(&mut img, &text, x.round() as i64, (y.round() as i64 - 8 * scale - 2).max(0), scale, colour);
         }

@@ -1,6 +1,7 @@
 //! The zoo's models as Burn modules: ViT, TNT and DETR, built from the shared TOML configs,
 //! with weight import from the checkpoints their reference implementations write.
 
+pub mod box_ops;
 pub mod classifier;
 pub mod common;
 pub mod config;

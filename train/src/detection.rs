@@ -24,6 +24,7 @@ use zoo_datasets::detection::load_batch;
 use zoo_datasets::{
     CocoDetection, DataError, DetrImage, DetrTarget, DetrTrainTransform, DetrTransform, PixelBoxes, pad_batch,
 };
+use zoo_models::box_ops::box_xyxy_to_xywh;
 use zoo_models::detr::{Detr, DetrConfig, postprocess};
 use zoo_models::{ModelConfig, load_weights, load_weights_for_finetuning, save_burnpack};
 
@@ -93,14 +94,12 @@ pub fn coco_detections(
         let batch = load_batch(&paths, transform, device)?;
         let dets = postprocess(&model.forward(batch.images, batch.mask), &batch.sizes);
         for ((image_id, _), image_dets) in chunk.iter().zip(dets) {
-            results.extend(image_dets.into_iter().map(|d| {
-                let [x0, y0, x1, y1] = d.bbox_xyxy.map(f64::from);
-                Detection {
-                    image_id: *image_id,
-                    category_id: d.label as u64,
-                    bbox: [x0, y0, x1 - x0, y1 - y0],
-                    score: d.score as f64,
-                }
+            results.extend(image_dets.into_iter().map(|d| Detection {
+                image_id: *image_id,
+                category_id: d.label as u64,
+                // In f64, as COCO's results are: the width is the difference of the f64 corners.
+                bbox: box_xyxy_to_xywh(d.bbox_xyxy.map(f64::from)),
+                score: d.score as f64,
             }));
         }
         bar.inc(chunk.len() as u64);

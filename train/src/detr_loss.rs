@@ -6,6 +6,9 @@
 use anyhow::{Result, bail};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
+use zoo_models::box_ops::{
+    box_cxcywh_to_xyxy, box_cxcywh_to_xyxy_tensor, generalized_box_iou, generalized_box_iou_rows,
+};
 use zoo_models::detr::DetrOutput;
 
 use crate::matcher::hungarian_match;
@@ -46,45 +49,6 @@ pub struct LayerLosses {
     pub giou: Tensor<1>,
 }
 
-fn corners([cx, cy, w, h]: [f32; 4]) -> [f32; 4] {
-    [cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h]
-}
-
-/// Generalised IoU of two corner boxes: IoU - (C - U) / C, C the smallest enclosing box.
-pub fn giou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let union = area(a) + area(b) - inter;
-    let enclosing = (a[2].max(b[2]) - a[0].min(b[0])) * (a[3].max(b[3]) - a[1].min(b[1]));
-    inter / union - (enclosing - union) / enclosing
-}
-
-/// Differentiable GIoU of matched rows of two `[N, 4]` tensors of (cx, cy, w, h) boxes.
-fn giou_rows(pred: Tensor<2>, target: Tensor<2>) -> Tensor<1> {
-    let n = pred.dims()[0];
-    let split = |t: Tensor<2>| -> [Tensor<1>; 4] {
-        let cx = t.clone().slice(s![.., 0..1]).reshape([n]);
-        let cy = t.clone().slice(s![.., 1..2]).reshape([n]);
-        let w = t.clone().slice(s![.., 2..3]).reshape([n]);
-        let h = t.slice(s![.., 3..4]).reshape([n]);
-        [cx.clone() - w.clone() * 0.5, cy.clone() - h.clone() * 0.5, cx + w * 0.5, cy + h * 0.5]
-    };
-    let [ax0, ay0, ax1, ay1] = split(pred);
-    let [bx0, by0, bx1, by1] = split(target);
-    let area_a = (ax1.clone() - ax0.clone()) * (ay1.clone() - ay0.clone());
-    let area_b = (bx1.clone() - bx0.clone()) * (by1.clone() - by0.clone());
-    let iw = (ax1.clone().min_pair(bx1.clone()) - ax0.clone().max_pair(bx0.clone())).clamp_min(0.0);
-    let ih = (ay1.clone().min_pair(by1.clone()) - ay0.clone().max_pair(by0.clone())).clamp_min(0.0);
-    let inter = iw * ih;
-    let union = area_a + area_b - inter.clone();
-    let ew = ax1.max_pair(bx1) - ax0.min_pair(bx0);
-    let eh = ay1.max_pair(by1) - ay0.min_pair(by0);
-    let enclosing = ew * eh;
-    inter / union.clone() - (enclosing.clone() - union) / enclosing
-}
-
 impl SetCriterion {
     /// Query-target pairs of every image for one layer, from detached predictions.
     pub fn match_layer(&self, out: &DetrOutput, targets: &[DetrTarget]) -> Result<Vec<Vec<(usize, usize)>>> {
@@ -114,7 +78,7 @@ impl SetCriterion {
                         let l1: f32 = pb.iter().zip(&tb).map(|(a, b)| (a - b).abs()).sum();
                         cost[qi * n + ti] = self.cost_bbox * l1
                             - self.cost_class * p[label]
-                            - self.cost_giou * giou(corners(pb), corners(tb));
+                            - self.cost_giou * generalized_box_iou(box_cxcywh_to_xyxy(pb), box_cxcywh_to_xyxy(tb));
                     }
                 }
                 Ok(hungarian_match(&cost, q, n)?)
@@ -162,7 +126,8 @@ impl SetCriterion {
             let pred = out.boxes.clone().reshape([b * q, 4]).select(0, rows);
             let target = Tensor::<2>::from_data(TensorData::new(matched_boxes, [n, 4]), &device);
             let l1 = (pred.clone() - target.clone()).abs().sum() / num_boxes;
-            let g = (giou_rows(pred, target).neg() + 1.0).sum() / num_boxes;
+            let giou = generalized_box_iou_rows(box_cxcywh_to_xyxy_tensor(pred), box_cxcywh_to_xyxy_tensor(target));
+            let g = (giou.neg() + 1.0).sum() / num_boxes;
             (l1, g)
         };
         LayerLosses { ce: ce.reshape([1]), bbox: bbox.reshape([1]), giou: giou_loss.reshape([1]) }
