@@ -182,8 +182,16 @@ pub fn attention_by_ops(
     };
     let [b, nq, c] = q.dims();
     let nk = k.dims()[1];
-    let mask = key_padding_mask.map(|m| m.reshape([b, 1, 1, nk]).expand([b, num_heads, nq, nk]));
-    let out = attention(split_heads(q), split_heads(k), split_heads(v), mask, None, AttentionModuleOptions::default());
+    // The padding mask goes in as an additive bias (-inf on ignored keys, 0 elsewhere), not as
+    // the op's boolean mask: burn-tch 0.22.1 hands that mask straight to libtorch's
+    // `scaled_dot_product_attention`, where `true` means "attend" (Burn's means "ignore"), so
+    // every mask came out inverted on libtorch. Burn's own attention adds the bias right after
+    // its masking step, so the other backends compute the same numbers either way.
+    let bias = key_padding_mask.map(|mask| {
+        let bias = Tensor::<2>::zeros([b, nk], &mask.device()).mask_fill(mask, f32::NEG_INFINITY);
+        bias.reshape([b, 1, 1, nk]).expand([b, num_heads, nq, nk])
+    });
+    let out = attention(split_heads(q), split_heads(k), split_heads(v), None, bias, AttentionModuleOptions::default());
     out.swap_dims(1, 2).reshape([b, nq, c])
 }
 

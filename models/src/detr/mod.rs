@@ -164,9 +164,8 @@ impl Detr {
     pub fn forward_all(&self, images: Tensor<4>, mask: Tensor<3, Bool>) -> Vec<DetrOutput> {
         let features = self.backbone.forward_features(images);
         let [b, _, h, w] = features.dims();
-        let device = features.device();
         let mask = downsample_mask(mask, h, w);
-        let pos = sine_position_embedding(&mask, self.query_embed.weight.dims()[1], &device);
+        let pos = sine_position_embedding(&mask, self.query_embed.weight.dims()[1]);
         // [B, d, h, w] -> [B, h*w, d]: one token per feature-map cell, row-major.
         let tokens = |x: Tensor<4>| x.flatten::<3>(2, 3).swap_dims(1, 2);
         let src = tokens(conv2d(&self.input_proj, features));

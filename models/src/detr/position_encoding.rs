@@ -17,39 +17,31 @@ pub(crate) fn downsample_mask(mask: Tensor<3, Bool>, h: usize, w: usize) -> Tens
 }
 
 /// DETR's sine position embedding with `d/2` features per axis, temperature 10000, normalised
-/// to `[0, 2*pi]` over the unpadded extent: `[B, d, h, w]`, the y half first. Computed on the
-/// host from the (small) mask, in f32 as the reference does.
-pub fn sine_position_embedding(mask: &Tensor<3, Bool>, d: usize, device: &Device) -> Tensor<4> {
-    let [b, h, w] = mask.dims();
-    let padded: Vec<bool> = mask.to_data().try_to_vec().expect("mask is boolean");
+/// to `[0, 2*pi]` over the unpadded extent: `[B, d, h, w]`, the y half first, each half
+/// interleaving sine (even features) and cosine (odd ones). Computed with tensor ops on the
+/// mask's device, in f32 as the reference does (no copy of the mask to the host, whose boolean
+/// storage differs between backends: wgpu keeps masks as u32).
+pub fn sine_position_embedding(mask: &Tensor<3, Bool>, d: usize) -> Tensor<4> {
+    let [_, h, w] = mask.dims();
+    let device = mask.device();
     let feats = d / 2;
-    let scale = 2.0 * std::f32::consts::PI;
-    let dim_t: Vec<f32> = (0..feats).map(|k| 10000f32.powf((2 * (k / 2)) as f32 / feats as f32)).collect();
-    let mut out = vec![0f32; b * d * h * w];
-    for bi in 0..b {
-        let valid = |y: usize, x: usize| !padded[(bi * h + y) * w + x] as u8 as f32;
-        // Cumulative counts of valid cells down each column and along each row.
-        let mut y_embed = vec![0f32; h * w];
-        let mut x_embed = vec![0f32; h * w];
-        for y in 0..h {
-            for x in 0..w {
-                let v = valid(y, x);
-                y_embed[y * w + x] = v + if y > 0 { y_embed[(y - 1) * w + x] } else { 0.0 };
-                x_embed[y * w + x] = v + if x > 0 { x_embed[y * w + x - 1] } else { 0.0 };
-            }
-        }
-        for y in 0..h {
-            for x in 0..w {
-                let ye = y_embed[y * w + x] / (y_embed[(h - 1) * w + x] + 1e-6) * scale;
-                let xe = x_embed[y * w + x] / (x_embed[y * w + w - 1] + 1e-6) * scale;
-                for (k, dt) in dim_t.iter().enumerate() {
-                    // Even feature indices take the sine, odd ones the cosine.
-                    let f = |e: f32| if k % 2 == 0 { (e / dt).sin() } else { (e / dt).cos() };
-                    out[((bi * d + k) * h + y) * w + x] = f(ye);
-                    out[((bi * d + feats + k) * h + y) * w + x] = f(xe);
-                }
-            }
-        }
-    }
-    Tensor::from_data(TensorData::new(out, [b, d, h, w]), device)
+    let scale = 2.0 * std::f64::consts::PI;
+    // Cumulative counts of valid cells down each column and along each row, over their totals.
+    let valid = mask.clone().bool_not().float();
+    let y_embed = valid.clone().cumsum(1);
+    let x_embed = valid.cumsum(2);
+    let y_embed = (y_embed.clone() / (y_embed.slice(s![.., h - 1..h, ..]) + 1e-6)) * scale;
+    let x_embed = (x_embed.clone() / (x_embed.slice(s![.., .., w - 1..w]) + 1e-6)) * scale;
+    let per_feature = |f: &dyn Fn(usize) -> f32| {
+        let values: Vec<f32> = (0..feats).map(f).collect();
+        Tensor::<1>::from_data(TensorData::new(values, [feats]), &device).reshape([1, feats, 1, 1])
+    };
+    let dim_t = per_feature(&|k| 10000f32.powf((2 * (k / 2)) as f32 / feats as f32));
+    let even = per_feature(&|k| (k % 2 == 0) as u8 as f32);
+    // `[B, h, w]` -> `[B, feats, h, w]`; multiplying by 1 or 0 picks sine or cosine exactly.
+    let encode = |embed: Tensor<3>| {
+        let t = embed.unsqueeze_dim::<4>(1) / dim_t.clone();
+        t.clone().sin() * even.clone() + t.cos() * (even.clone().neg() + 1.0)
+    };
+    Tensor::cat(vec![encode(y_embed), encode(x_embed)], 1)
 }
