@@ -211,6 +211,18 @@ pub struct Tnt {
 }
 
 impl Tnt {
+    /// Parameters trained without weight decay, as a regex over parameter paths (timm's
+    /// `no_weight_decay()`, with every bias and norm): biases, norm scales and shifts, the class
+    /// token and both position embeddings.
+    pub fn no_weight_decay() -> &'static str {
+        r"(\.bias|\.gamma|\.beta|cls_token|patch_pos|pixel_pos)$"
+    }
+
+    /// The classifier, left at its initialisation when fine-tuning to another number of classes.
+    pub fn classifier_head() -> &'static str {
+        "head"
+    }
+
     /// Patch tokens after the last block and the final norm: `[B, 1 + N, D]`.
     pub fn forward_tokens(&self, images: Tensor<4>) -> Tensor<3> {
         let b = images.dims()[0];
