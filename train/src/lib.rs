@@ -1,12 +1,17 @@
-//! Training loops for the zoo's models.
+//! Training for the zoo's models: one engine (`engine`) and a task per kind of model
+//! (`classification`, `detection`).
 
 pub mod checkpoint;
 pub mod classification;
 pub mod clip;
 pub mod detection;
 pub mod detr_loss;
+pub mod engine;
 pub mod loader;
 pub mod matcher;
 pub mod mix;
+pub mod optimizer;
 
-pub use classification::{EpochMetrics, TrainOptions, TrainReport, train_classifier};
+pub use classification::{EpochMetrics, TrainReport, train_classifier};
+pub use detection::{DetrEpochMetrics, DetrTrainReport, train_detr};
+pub use engine::TrainOptions;
