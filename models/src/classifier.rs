@@ -35,6 +35,22 @@ impl Classifier {
         }
     }
 
+    /// Parameters trained without weight decay, as a regex over parameter paths.
+    pub fn no_weight_decay(&self) -> &'static str {
+        match self {
+            Classifier::Vit(_) => Vit::no_weight_decay(),
+            Classifier::Tnt(_) => Tnt::no_weight_decay(),
+        }
+    }
+
+    /// The classifier head's name, left out of a checkpoint for another number of classes.
+    pub fn classifier_head(&self) -> &'static str {
+        match self {
+            Classifier::Vit(_) => Vit::classifier_head(),
+            Classifier::Tnt(_) => Tnt::classifier_head(),
+        }
+    }
+
     pub fn load(self, path: &Path) -> Result<Self, ImportError> {
         Ok(match self {
             Classifier::Vit(m) => Classifier::Vit(load_weights(m, path)?),
@@ -45,9 +61,10 @@ impl Classifier {
     /// Loads a checkpoint for fine-tuning to `num_classes` classes (a head of another size is
     /// left at its initialisation).
     pub fn load_for_finetuning(self, path: &Path, num_classes: usize) -> Result<Self, ImportError> {
+        let head = self.classifier_head();
         Ok(match self {
-            Classifier::Vit(m) => Classifier::Vit(load_weights_for_finetuning(m, path, "head", num_classes)?),
-            Classifier::Tnt(m) => Classifier::Tnt(load_weights_for_finetuning(m, path, "head", num_classes)?),
+            Classifier::Vit(m) => Classifier::Vit(load_weights_for_finetuning(m, path, head, num_classes)?),
+            Classifier::Tnt(m) => Classifier::Tnt(load_weights_for_finetuning(m, path, head, num_classes)?),
         })
     }
 

@@ -167,6 +167,12 @@ impl ResNet {
         }
     }
 
+    /// The parts a trainer freezes from the input on (DETR: the first two), in forward order: the
+    /// stem (`conv1`, `bn1`) and the four stages, each as the names of its top-level modules.
+    pub fn freeze_groups() -> [&'static [&'static str]; 5] {
+        [&["conv1", "bn1"], &["layer1"], &["layer2"], &["layer3"], &["layer4"]]
+    }
+
     /// The last stage's feature map `[B, num_features, H/32, W/32]` (2048 channels for ResNet-50).
     pub fn forward_features(&self, images: Tensor<4>) -> Tensor<4> {
         let x = self.bn1.forward_fused(conv2d(&self.conv1, images), None, true);

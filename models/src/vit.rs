@@ -162,6 +162,18 @@ pub struct Vit {
 }
 
 impl Vit {
+    /// Parameters trained without weight decay, as a regex over parameter paths (timm's
+    /// `no_weight_decay()`, with every bias and norm): biases, norm scales and shifts, the class
+    /// token and the position embedding.
+    pub fn no_weight_decay() -> &'static str {
+        r"(\.bias|\.gamma|\.beta|cls_token|pos_embed)$"
+    }
+
+    /// The classifier, left at its initialisation when fine-tuning to another number of classes.
+    pub fn classifier_head() -> &'static str {
+        "head"
+    }
+
     /// timm's `forward_features`: the token sequence after the last block and the final norm,
     /// `[B, 1 + N, D]`.
     pub fn forward_features(&self, images: Tensor<4>) -> Tensor<3> {

@@ -1,49 +1,25 @@
-//! The classification training loop: AdamW with decoupled weight decay on weights only, linear
-//! warmup then cosine decay per optimizer step, label smoothing, mixup/CutMix, gradient clipping
-//! and accumulation, top-1/top-5 validation every epoch, atomic checkpoints and exact resume.
+//! Classifier training, run by the engine: soft-target cross-entropy (label smoothing,
+//! mixup/CutMix) on image folders, data-parallel over several devices, AdamW without weight decay
+//! on what the model declares (biases, norms, tokens, position embeddings), linear warmup then
+//! cosine decay per optimizer step, and top-1/top-5 validation every epoch.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 
 use anyhow::{Context, Result, bail};
-use burn::lr_scheduler::LrSchedulerConfig;
-use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
-use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
-use burn::lr_scheduler::module_lr_scheduler::{ModuleLrScheduler, ModuleLrSchedulerConfig};
-use burn::lr_scheduler::sequential::SequentialLrSchedulerConfig;
-use burn::lr_scheduler::step::StepLrSchedulerConfig;
-use burn::module::{Module, ParamGroup};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::module::Module;
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use zoo_datasets::{EvalTransform, ImageFolder, TrainTransform};
+use zoo_datasets::{DataError, EvalTransform, ImageFolder, TrainTransform};
 use zoo_models::Classifier;
 
-use crate::checkpoint::{self, Progress};
-use crate::clip::clip_grad_norm;
 use crate::config::{TrainConfig, ZooConfig};
+use crate::engine::{self, EpochTotals, Step, Task, TrainOptions, Trained, progress_bar};
 use crate::loader::{Augment, HostBatch, Loader};
 use crate::mix::MixConfig;
-
-/// Parameters without weight decay: biases, norm scales and shifts, tokens and position embeddings.
-const NO_DECAY: &str = r"(\.bias|\.gamma|\.beta|cls_token|pos_embed|patch_pos|pixel_pos)$";
-
-#[derive(Debug, Clone, Default)]
-pub struct TrainOptions {
-    /// Continue from the last checkpoint in the output folder.
-    pub resume: bool,
-    /// Stop after this many epochs in total even if the config asks for more (as an interrupted
-    /// run would); the checkpoints are the same.
-    pub stop_after: Option<usize>,
-    /// No progress bars.
-    pub quiet: bool,
-    /// Data-parallel training over these devices (the config's `train.devices`, resolved), the
-    /// first holding the model and the optimizer; fewer than two: the `device` argument alone.
-    pub devices: Vec<Device>,
-}
+use crate::optimizer::ParamGroups;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochMetrics {
@@ -73,50 +49,6 @@ pub struct TrainReport {
 pub fn soft_cross_entropy(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
     let b = logits.dims()[0];
     (targets * log_softmax(logits, 1)).sum().neg().div_scalar(b as f64).reshape([1])
-}
-
-fn optimizer(cfg: &TrainConfig) -> Result<ModuleOptimizer> {
-    let adamw = |wd: f64| AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(wd as f32);
-    let no_decay = ParamGroup::from_regex(NO_DECAY).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    Ok(adamw(cfg.weight_decay).init().with_group(no_decay, adamw(0.0).build(), None))
-}
-
-/// The learning rate per optimizer step, peaking at `lr`: with `lr_drop`, constant then times
-/// 0.1 from that epoch on (DETR); otherwise linear warmup from `lr / 1000`, then cosine decay to
-/// `min_lr` (scaled like `lr` when `lr` is not the config's peak, e.g. a backbone's).
-pub fn schedule(cfg: &TrainConfig, lr: f64, steps_per_epoch: usize) -> LrSchedulerConfig {
-    if let Some(drop) = cfg.lr_drop {
-        return LrSchedulerConfig::Step(StepLrSchedulerConfig::new(lr, drop * steps_per_epoch));
-    }
-    let total = cfg.epochs * steps_per_epoch;
-    let warmup = cfg.warmup_epochs * steps_per_epoch;
-    let min_lr = cfg.min_lr * lr / cfg.lr;
-    let cosine =
-        LrSchedulerConfig::Cosine(CosineAnnealingLrSchedulerConfig::new(lr, total - warmup).with_min_lr(min_lr));
-    if warmup > 0 {
-        let linear = LrSchedulerConfig::Linear(LinearLrSchedulerConfig::new(lr / 1000.0, lr, warmup));
-        LrSchedulerConfig::Sequential(SequentialLrSchedulerConfig::new(vec![linear, cosine], vec![warmup]))
-    } else {
-        cosine
-    }
-}
-
-/// Steps every accumulated gradient: clips their global norm (when the config asks), then one
-/// optimizer step at the scheduled learning rates; returns the base learning rate.
-pub fn optimizer_step<M: Module>(
-    model: M,
-    optim: &mut ModuleOptimizer,
-    sched: &mut ModuleLrScheduler,
-    accumulator: &mut GradientsAccumulator<M>,
-    grad_clip: f64,
-) -> (M, f64) {
-    let mut grads = accumulator.grads();
-    if grad_clip > 0.0 {
-        clip_grad_norm(&model, &mut grads, grad_clip);
-    }
-    let rate = sched.step();
-    let lr = rate.base();
-    (optim.step(rate, model, grads), lr)
 }
 
 fn to_device(batch: &HostBatch, size: usize, classes: usize, device: &Device) -> (Tensor<4>, Tensor<2>) {
@@ -182,19 +114,6 @@ fn data_parallel_step(
     });
     let loss = results.iter().map(|(l, _)| l).sum::<f64>() / scale;
     (loss, results.into_iter().map(|(_, g)| g).collect())
-}
-
-pub(crate) fn progress_bar(len: usize, quiet: bool, prefix: String) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len as u64).with_prefix(prefix);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar
 }
 
 /// Top-1 and top-5 hits of logits `[B, classes]` against labels.
@@ -264,11 +183,140 @@ fn loaders(config: &ZooConfig) -> Result<(Loader, Loader, Vec<String>)> {
     Ok((train_loader, val_loader, train.classes))
 }
 
+/// A classifier trained on image folders with soft-target cross-entropy, scored by top-1.
+struct ClassifierTask<'a> {
+    config: &'a ZooConfig,
+    cfg: &'a TrainConfig,
+    train: Loader,
+    val: Loader,
+    classes: Vec<String>,
+    /// Devices for data-parallel training (two or more), else empty or one.
+    devices: &'a [Device],
+}
+
+/// The loss summed over the epoch's samples.
+#[derive(Default)]
+struct LossTotals {
+    loss_sum: f64,
+    seen: usize,
+}
+
+impl EpochTotals for LossTotals {
+    fn images(&self) -> usize {
+        self.seen
+    }
+
+    fn loss(&self) -> f64 {
+        self.loss_sum / self.seen as f64
+    }
+}
+
+impl Task for ClassifierTask<'_> {
+    type Model = Classifier;
+    type Batch = HostBatch;
+    type Totals = LossTotals;
+    /// Loss, top-1 and top-5.
+    type Eval = (f64, f64, f64);
+    type Metrics = EpochMetrics;
+
+    fn config(&self) -> &TrainConfig {
+        self.cfg
+    }
+
+    fn init(&self, device: &Device) -> Result<Classifier> {
+        Classifier::init(&self.config.model, device).context("only classifiers are trained by this loop")
+    }
+
+    fn param_groups(&self, model: &Classifier) -> ParamGroups {
+        ParamGroups { no_weight_decay: Some(model.no_weight_decay().into()), ..Default::default() }
+    }
+
+    fn load_initial(&self, model: Classifier) -> Result<Classifier> {
+        match &self.cfg.init_from {
+            Some(init) => Ok(model.load_for_finetuning(init, self.classes.len())?),
+            None => Ok(model),
+        }
+    }
+
+    fn load(model: Classifier, path: &Path) -> Result<Classifier> {
+        Ok(model.load(path)?)
+    }
+
+    fn save(model: &Classifier, path: &Path) -> Result<()> {
+        Ok(model.save(path)?)
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.train.batches_per_epoch()
+    }
+
+    fn batches(&self, epoch: usize) -> Receiver<Result<HostBatch, DataError>> {
+        self.train.epoch(epoch)
+    }
+
+    fn train_step(&self, model: &Classifier, batch: HostBatch, step: &mut Step<Self>) -> Result<()> {
+        let (size, classes) = (self.train.size, self.classes.len());
+        let scale = 1.0 / self.cfg.grad_accum as f64;
+        let batch_loss = if self.devices.len() > 1 {
+            let (loss, shares) = data_parallel_step(model, &batch, self.devices, size, classes, scale);
+            for grads in shares {
+                step.grads.accumulate(model, grads);
+            }
+            loss
+        } else {
+            let (x, t) = to_device(&batch, size, classes, step.device);
+            let loss = soft_cross_entropy(model.forward(x), t).mul_scalar(scale);
+            let grads = GradientsParams::from_grads(loss.backward(), model);
+            step.grads.accumulate(model, grads);
+            loss.into_scalar::<f64>() / scale
+        };
+        let b = batch.labels.len();
+        step.totals.loss_sum += batch_loss * b as f64;
+        step.totals.seen += b;
+        Ok(())
+    }
+
+    fn evaluate(&self, model: &Classifier, device: &Device, quiet: bool) -> Result<(f64, f64, f64)> {
+        evaluate(model, &self.val, device, quiet)
+    }
+
+    fn score(&(_, top1, _): &(f64, f64, f64)) -> f64 {
+        top1
+    }
+
+    fn metrics(trained: &Trained<LossTotals>, &(val_loss, top1, top5): &(f64, f64, f64)) -> EpochMetrics {
+        EpochMetrics {
+            epoch: trained.epoch,
+            lr: trained.lr,
+            train_loss: trained.totals.loss(),
+            val_loss,
+            val_top1: top1,
+            val_top5: top5,
+            train_images_per_sec: trained.images_per_sec,
+            seconds: trained.seconds,
+        }
+    }
+
+    fn log_line(m: &EpochMetrics, epochs: usize) -> String {
+        format!(
+            "epoch {}/{}: train loss {:.4}, val loss {:.4}, top-1 {:.2}%, top-5 {:.2}%, {:.1} img/s, lr {:.2e}",
+            m.epoch,
+            epochs,
+            m.train_loss,
+            m.val_loss,
+            100.0 * m.val_top1,
+            100.0 * m.val_top5,
+            m.train_images_per_sec,
+            m.lr
+        )
+    }
+}
+
 /// Trains the classifier of `config` on `device`, writing checkpoints, `metrics.jsonl`,
-/// `best.bpk` and `last.bpk` under `train.output_dir`.
+/// `best.bpk`, `last.bpk` and `classes.txt` under `train.output_dir`.
 pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions) -> Result<TrainReport> {
     let cfg = config.train.as_ref().context("the config has no [train] section")?;
-    let (train_loader, val_loader, classes) = loaders(config)?;
+    let (train, val, classes) = loaders(config)?;
     if config.model.num_classes() != classes.len() {
         bail!(
             "model.num_classes = {} but {} has {} class folders",
@@ -277,117 +325,16 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
             classes.len()
         );
     }
-    let output = cfg.output_dir.clone();
-    std::fs::create_dir_all(&output).with_context(|| format!("cannot create {}", output.display()))?;
-    let device = opts.devices.first().unwrap_or(device);
-    let train_device = device.clone().autodiff();
-    // The initial weights follow from the seed, like the data order and augmentations.
-    train_device.seed(cfg.seed);
-    let mut model =
-        Classifier::init(&config.model, &train_device).context("only classifiers are trained by this loop")?;
-    let steps_per_epoch = train_loader.batches_per_epoch().div_ceil(cfg.grad_accum);
-    let mut optim = optimizer(cfg)?;
-    let mut sched = ModuleLrSchedulerConfig::new(schedule(cfg, cfg.lr, steps_per_epoch))
-        .init()
-        .map_err(|e| anyhow::anyhow!("learning-rate schedule: {e}"))?;
-    let mut progress = Progress { epoch: 0, step: 0, best_score: -1.0, best_epoch: 0 };
-
-    let last_checkpoint = if opts.resume { checkpoint::list(&output)?.pop() } else { None };
-    if let Some((_, dir)) = &last_checkpoint {
-        (progress, optim) = checkpoint::restore(dir, optim, &mut sched, opts.quiet)?;
-        model = model.load(&dir.join(checkpoint::MODEL))?;
-    } else if let Some(init) = &cfg.init_from {
-        model = model.load_for_finetuning(init, classes.len())?;
-    }
-
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(output.join("metrics.jsonl"))
-        .with_context(|| format!("cannot write {}", output.join("metrics.jsonl").display()))?;
-    let mut epochs = Vec::new();
-    let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
-    let (size, n_classes) = (train_loader.size, classes.len());
-    for epoch in progress.epoch..last_epoch {
-        let started = Instant::now();
-        let bar =
-            progress_bar(train_loader.batches_per_epoch(), opts.quiet, format!("epoch {}/{}", epoch + 1, cfg.epochs));
-        let mut accumulator = GradientsAccumulator::new();
-        let (mut loss_sum, mut seen, mut lr) = (0.0, 0usize, 0.0);
-        for (i, batch) in train_loader.epoch(epoch).into_iter().enumerate() {
-            let batch = batch?;
-            let scale = 1.0 / cfg.grad_accum as f64;
-            let batch_loss = if opts.devices.len() > 1 {
-                let (loss, shares) = data_parallel_step(&model, &batch, &opts.devices, size, n_classes, scale);
-                for grads in shares {
-                    accumulator.accumulate(&model, grads);
-                }
-                loss
-            } else {
-                let (x, t) = to_device(&batch, size, n_classes, &train_device);
-                let loss = soft_cross_entropy(model.forward(x), t).mul_scalar(scale);
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                accumulator.accumulate(&model, grads);
-                loss.into_scalar::<f64>() / scale
-            };
-            let b = batch.labels.len();
-            loss_sum += batch_loss * b as f64;
-            seen += b;
-            let last_of_epoch = i + 1 == train_loader.batches_per_epoch();
-            if (i + 1) % cfg.grad_accum == 0 || last_of_epoch {
-                (model, lr) = optimizer_step(model, &mut optim, &mut sched, &mut accumulator, cfg.grad_clip);
-                progress.step += 1;
-            }
-            bar.inc(1);
-            bar.set_message(format!("loss {:.4} lr {lr:.2e}", loss_sum / seen as f64));
-        }
-        bar.finish_and_clear();
-        let train_seconds = started.elapsed().as_secs_f64();
-        let (val_loss, top1, top5) = evaluate(&model.valid(), &val_loader, device, opts.quiet)?;
-        progress.epoch = epoch + 1;
-        let improved = top1 > progress.best_score;
-        if improved {
-            (progress.best_score, progress.best_epoch) = (top1, epoch + 1);
-        }
-        let m = EpochMetrics {
-            epoch: epoch + 1,
-            lr,
-            train_loss: loss_sum / seen as f64,
-            val_loss,
-            val_top1: top1,
-            val_top5: top5,
-            train_images_per_sec: seen as f64 / train_seconds,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        writeln!(metrics_file, "{}", serde_json::to_string(&m)?)?;
-        if !opts.quiet {
-            eprintln!(
-                "epoch {}/{}: train loss {:.4}, val loss {:.4}, top-1 {:.2}%, top-5 {:.2}%, {:.1} img/s, lr {:.2e}",
-                m.epoch,
-                cfg.epochs,
-                m.train_loss,
-                m.val_loss,
-                100.0 * top1,
-                100.0 * top5,
-                m.train_images_per_sec,
-                lr
-            );
-        }
-        epochs.push(m);
-        checkpoint::save_with_optimizer(&output, &progress, &optim, |path| Ok(model.save(path)?))?;
-        if improved {
-            model.save(&output.join("best.bpk"))?;
-        }
-    }
-    model.save(&output.join("last.bpk"))?;
-    std::fs::write(output.join("classes.txt"), classes.join("\n") + "\n")?;
+    let task = ClassifierTask { config, cfg, train, val, classes, devices: &opts.devices };
+    let run = engine::run(&task, opts.devices.first().unwrap_or(device), opts)?;
+    std::fs::write(run.output_dir.join("classes.txt"), task.classes.join("\n") + "\n")?;
     Ok(TrainReport {
-        epochs,
-        best_top1: progress.best_score,
-        best_epoch: progress.best_epoch,
-        best_model: output.join("best.bpk"),
-        last_model: output.join("last.bpk"),
-        output_dir: output,
-        classes,
+        epochs: run.epochs,
+        best_top1: run.best_score,
+        best_epoch: run.best_epoch,
+        output_dir: run.output_dir,
+        best_model: run.best_model,
+        last_model: run.last_model,
+        classes: task.classes,
     })
 }

@@ -1,19 +1,15 @@
-//! DETR's training loop (facebookresearch/detr `main.py`): AdamW with weight decay on every
-//! parameter, a lower learning rate for the backbone, the stem and layer1 frozen, the global
-//! gradient norm clipped, a step schedule; the set criterion on every decoder layer; COCO AP on
-//! the validation set every epoch, atomic checkpoints and exact resume as for classifiers.
+//! DETR's training (facebookresearch/detr `main.py`), run by the engine: AdamW with weight decay
+//! on every parameter, a lower learning rate for the backbone, its leading parts frozen (DETR: the
+//! stem and layer1), the global gradient norm clipped, a step schedule; the set criterion on every
+//! decoder layer; COCO AP on the validation set every epoch.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc::Receiver;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::lr_scheduler::module_lr_scheduler::ModuleLrSchedulerConfig;
-use burn::module::{Module, ParamGroup};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
@@ -28,12 +24,11 @@ use zoo_models::box_ops::box_xyxy_to_xywh;
 use zoo_models::detr::{Detr, DetrConfig, postprocess};
 use zoo_models::{ModelConfig, load_weights, load_weights_for_finetuning, save_burnpack};
 
-use crate::TrainOptions;
-use crate::checkpoint::{self, Progress};
-use crate::classification::{optimizer_step, progress_bar, schedule};
 use crate::config::{TrainConfig, ZooConfig};
 use crate::detr_loss::SetCriterion;
+use crate::engine::{self, EpochTotals, Step, Task, TrainOptions, Trained, progress_bar};
 use crate::loader::{decode_or_skip, prefetch, rng_for};
+use crate::optimizer::ParamGroups;
 
 /// Training batches of a COCO detection set, augmented as DETR does, prepared in the background.
 #[derive(Clone)]
@@ -137,16 +132,6 @@ pub struct DetrTrainReport {
     pub last_eval: Option<CocoEvalResult>,
 }
 
-/// The backbone parts that `frozen_backbone_parts` freezes, as a parameter group.
-fn frozen_group(parts: usize) -> Result<Option<ParamGroup>> {
-    let names = ["conv1|bn1", "layer1", "layer2", "layer3", "layer4"];
-    if parts == 0 {
-        return Ok(None);
-    }
-    let regex = format!(r"^backbone\.({})\.", names[..parts].join("|"));
-    Ok(Some(ParamGroup::from_regex(&regex).map_err(|e| anyhow::anyhow!("{e:?}"))?))
-}
-
 fn detr_parts(config: &ZooConfig) -> Result<(&DetrConfig, &TrainConfig)> {
     let ModelConfig::Detr(detr) = &config.model else {
         bail!("model.arch `{}` is not a detector", config.model.arch())
@@ -185,6 +170,160 @@ pub fn evaluate_detr(
     Ok(evaluate(&set.ground_truth, &dets))
 }
 
+/// DETR trained on a COCO detection set with the set criterion, scored by COCO AP.
+struct DetrTask<'a> {
+    config: &'a ZooConfig,
+    detr: &'a DetrConfig,
+    cfg: &'a TrainConfig,
+    loader: DetrLoader,
+    val_set: CocoDetection,
+    eval_transform: DetrTransform,
+    criterion: SetCriterion,
+}
+
+/// The weighted total loss and the last decoder layer's unweighted losses (class, L1, GIoU),
+/// summed over the epoch's batches.
+#[derive(Default)]
+struct DetrTotals {
+    sums: [f64; 4],
+    batches: usize,
+    images: usize,
+}
+
+impl EpochTotals for DetrTotals {
+    fn images(&self) -> usize {
+        self.images
+    }
+
+    fn loss(&self) -> f64 {
+        self.sums[0] / self.batches as f64
+    }
+}
+
+impl Task for DetrTask<'_> {
+    type Model = Detr;
+    type Batch = DetrHostBatch;
+    type Totals = DetrTotals;
+    type Eval = CocoEvalResult;
+    type Metrics = DetrEpochMetrics;
+
+    fn config(&self) -> &TrainConfig {
+        self.cfg
+    }
+
+    fn init(&self, device: &Device) -> Result<Detr> {
+        Ok(self.detr.init(device))
+    }
+
+    fn param_groups(&self, _: &Detr) -> ParamGroups {
+        let backbone_lr = self.cfg.backbone_lr.unwrap_or(self.cfg.lr);
+        ParamGroups {
+            no_weight_decay: None,
+            lr: vec![(Detr::backbone_params().into(), backbone_lr)],
+            frozen: Detr::frozen_backbone(self.cfg.frozen_backbone_parts),
+        }
+    }
+
+    fn load_initial(&self, mut model: Detr) -> Result<Detr> {
+        if let Some(init) = &self.cfg.init_from {
+            // A checkpoint with another number of classes keeps this model's fresh class head.
+            let classes = self.detr.num_classes + 1;
+            model = load_weights_for_finetuning(model, init, Detr::classifier_head(), classes)?;
+        } else if let Some(init) = &self.cfg.backbone_init {
+            model.backbone = load_weights(model.backbone, init)?;
+        }
+        Ok(model)
+    }
+
+    fn load(model: Detr, path: &Path) -> Result<Detr> {
+        Ok(load_weights(model, path)?)
+    }
+
+    fn save(model: &Detr, path: &Path) -> Result<()> {
+        Ok(save_burnpack(model, path)?)
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.loader.batches_per_epoch()
+    }
+
+    fn batches(&self, epoch: usize) -> Receiver<Result<DetrHostBatch, DataError>> {
+        self.loader.epoch(epoch)
+    }
+
+    /// Dropout draws from the device's generator: seeded per epoch, a resumed run draws the same.
+    fn epoch_seed(&self, epoch: usize) -> Option<u64> {
+        Some(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64))
+    }
+
+    fn train_step(&self, model: &Detr, batch: DetrHostBatch, step: &mut Step<Self>) -> Result<()> {
+        let accum = self.cfg.grad_accum as f64;
+        let (images, mask) = pad_batch(&batch.images, step.device);
+        let outputs = model.forward_all(images, mask);
+        let (loss, per_layer) = self.criterion.loss(&outputs, &batch.targets)?;
+        let loss = loss.div_scalar(accum);
+        let last = per_layer.last().expect("at least one decoder layer");
+        let parts = [last.ce.clone(), last.bbox.clone(), last.giou.clone()].map(|t| t.into_scalar::<f64>());
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        step.grads.accumulate(model, grads);
+        let total = loss.into_scalar::<f64>() * accum;
+        if !total.is_finite() {
+            bail!(
+                "the loss is {total} at epoch {} batch {}: training diverged (try a lower train.lr)",
+                step.epoch + 1,
+                step.batch + 1
+            );
+        }
+        let totals = &mut step.totals;
+        for (s, v) in totals.sums.iter_mut().zip([total, parts[0], parts[1], parts[2]]) {
+            *s += v;
+        }
+        totals.batches += 1;
+        totals.images += batch.images.len();
+        Ok(())
+    }
+
+    fn evaluate(&self, model: &Detr, device: &Device, quiet: bool) -> Result<CocoEvalResult> {
+        evaluate_detr(model, &self.val_set, &self.eval_transform, self.config.eval.batch_size, device, quiet)
+    }
+
+    fn score(eval: &CocoEvalResult) -> f64 {
+        eval.stats[0]
+    }
+
+    fn metrics(trained: &Trained<DetrTotals>, eval: &CocoEvalResult) -> DetrEpochMetrics {
+        let [loss, ce, bbox, giou] = trained.totals.sums.map(|s| s / trained.totals.batches as f64);
+        DetrEpochMetrics {
+            epoch: trained.epoch,
+            lr: trained.lr,
+            train_loss: loss,
+            loss_ce: ce,
+            loss_bbox: bbox,
+            loss_giou: giou,
+            val_ap: eval.stats[0],
+            val_ap50: eval.stats[1],
+            train_images_per_sec: trained.images_per_sec,
+            seconds: trained.seconds,
+        }
+    }
+
+    fn log_line(m: &DetrEpochMetrics, epochs: usize) -> String {
+        format!(
+            "epoch {}/{}: loss {:.4} (ce {:.3}, L1 {:.3}, GIoU {:.3}), val AP {:.3}, AP50 {:.3}, {:.1} img/s, lr {:.2e}",
+            m.epoch,
+            epochs,
+            m.train_loss,
+            m.loss_ce,
+            m.loss_bbox,
+            m.loss_giou,
+            m.val_ap,
+            m.val_ap50,
+            m.train_images_per_sec,
+            m.lr
+        )
+    }
+}
+
 /// Trains the DETR of `config` on `device`, writing checkpoints, `metrics.jsonl`, `best.bpk`
 /// (best validation AP) and `last.bpk` under `train.output_dir`.
 pub fn train_detr(config: &ZooConfig, device: &Device, opts: &TrainOptions) -> Result<DetrTrainReport> {
@@ -204,132 +343,15 @@ pub fn train_detr(config: &ZooConfig, device: &Device, opts: &TrainOptions) -> R
         skipped: Arc::new(AtomicUsize::new(0)),
     };
     let eval_transform = DetrTransform::new(detr.eval_short_side, detr.eval_max_side, &config.data);
-    let output = cfg.output_dir.clone();
-    std::fs::create_dir_all(&output).with_context(|| format!("cannot create {}", output.display()))?;
-
-    let train_device = device.clone().autodiff();
-    train_device.seed(cfg.seed);
-    let mut model = detr.init(&train_device);
-    let steps_per_epoch = loader.batches_per_epoch().div_ceil(cfg.grad_accum);
-    let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(cfg.weight_decay as f32).init();
-    let backbone = ParamGroup::from_regex(r"^backbone\.").map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let backbone_lr = cfg.backbone_lr.unwrap_or(cfg.lr);
-    let mut sched = ModuleLrSchedulerConfig::new(schedule(cfg, cfg.lr, steps_per_epoch))
-        .with_group(backbone, schedule(cfg, backbone_lr, steps_per_epoch))
-        .init()
-        .map_err(|e| anyhow::anyhow!("learning-rate schedule: {e}"))?;
-    let mut progress = Progress { epoch: 0, step: 0, best_score: -1.0, best_epoch: 0 };
-
-    let last_checkpoint = if opts.resume { checkpoint::list(&output)?.pop() } else { None };
-    if let Some((_, dir)) = &last_checkpoint {
-        (progress, optim) = checkpoint::restore(dir, optim, &mut sched, opts.quiet)?;
-        model = load_weights(model, &dir.join(checkpoint::MODEL))?;
-    } else if let Some(init) = &cfg.init_from {
-        // A checkpoint with another number of classes keeps this model's fresh class head.
-        model = load_weights_for_finetuning(model, init, "class_embed", classes + 1)?;
-    } else if let Some(init) = &cfg.backbone_init {
-        model.backbone = load_weights(model.backbone, init)?;
-    }
-    if let Some(group) = frozen_group(cfg.frozen_backbone_parts)? {
-        model = model.set_require_grad_group(group, false);
-    }
-
-    let criterion = SetCriterion::default();
-    let mut metrics_file = checkpoint::metrics_file(&output)?;
-    let mut epochs = Vec::new();
-    let mut last_eval = None;
-    let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
-    for epoch in progress.epoch..last_epoch {
-        // Dropout draws from the device's generator: seeded per epoch, a resumed run draws the same.
-        train_device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
-        let started = Instant::now();
-        let batches = loader.batches_per_epoch();
-        let bar = progress_bar(batches, opts.quiet, format!("epoch {}/{}", epoch + 1, cfg.epochs));
-        let mut accumulator = GradientsAccumulator::new();
-        let (mut sums, mut seen, mut lr) = ([0.0f64; 4], 0usize, 0.0);
-        for (i, batch) in loader.epoch(epoch).into_iter().enumerate() {
-            let batch = batch?;
-            let (images, mask) = pad_batch(&batch.images, &train_device);
-            let outputs = model.forward_all(images, mask);
-            let (loss, per_layer) = criterion.loss(&outputs, &batch.targets)?;
-            let loss = loss.div_scalar(cfg.grad_accum as f64);
-            let last = per_layer.last().expect("at least one decoder layer");
-            let parts = [last.ce.clone(), last.bbox.clone(), last.giou.clone()].map(|t| t.into_scalar::<f64>());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            accumulator.accumulate(&model, grads);
-            let total = loss.into_scalar::<f64>() * cfg.grad_accum as f64;
-            if !total.is_finite() {
-                bail!(
-                    "the loss is {total} at epoch {} batch {}: training diverged (try a lower train.lr)",
-                    epoch + 1,
-                    i + 1
-                );
-            }
-            for (s, v) in sums.iter_mut().zip([total, parts[0], parts[1], parts[2]]) {
-                *s += v;
-            }
-            seen += batch.images.len();
-            if (i + 1) % cfg.grad_accum == 0 || i + 1 == batches {
-                (model, lr) = optimizer_step(model, &mut optim, &mut sched, &mut accumulator, cfg.grad_clip);
-                progress.step += 1;
-            }
-            bar.inc(1);
-            bar.set_message(format!("loss {:.4} lr {lr:.2e}", sums[0] / (i + 1) as f64));
-        }
-        bar.finish_and_clear();
-        let train_seconds = started.elapsed().as_secs_f64();
-        let eval =
-            evaluate_detr(&model.valid(), &val_set, &eval_transform, config.eval.batch_size, device, opts.quiet)?;
-        progress.epoch = epoch + 1;
-        let ap = eval.stats[0];
-        let improved = ap > progress.best_score;
-        if improved {
-            (progress.best_score, progress.best_epoch) = (ap, epoch + 1);
-        }
-        let n = batches as f64;
-        let m = DetrEpochMetrics {
-            epoch: epoch + 1,
-            lr,
-            train_loss: sums[0] / n,
-            loss_ce: sums[1] / n,
-            loss_bbox: sums[2] / n,
-            loss_giou: sums[3] / n,
-            val_ap: ap,
-            val_ap50: eval.stats[1],
-            train_images_per_sec: seen as f64 / train_seconds,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        writeln!(metrics_file, "{}", serde_json::to_string(&m)?)?;
-        if !opts.quiet {
-            eprintln!(
-                "epoch {}/{}: loss {:.4} (ce {:.3}, L1 {:.3}, GIoU {:.3}), val AP {:.3}, AP50 {:.3}, {:.1} img/s, lr {:.2e}",
-                m.epoch,
-                cfg.epochs,
-                m.train_loss,
-                m.loss_ce,
-                m.loss_bbox,
-                m.loss_giou,
-                ap,
-                m.val_ap50,
-                m.train_images_per_sec,
-                lr
-            );
-        }
-        epochs.push(m);
-        last_eval = Some(eval);
-        checkpoint::save_with_optimizer(&output, &progress, &optim, |path| Ok(save_burnpack(&model, path)?))?;
-        if improved {
-            save_burnpack(&model, &output.join("best.bpk"))?;
-        }
-    }
-    save_burnpack(&model, &output.join("last.bpk"))?;
+    let task = DetrTask { config, detr, cfg, loader, val_set, eval_transform, criterion: SetCriterion::default() };
+    let run = engine::run(&task, device, opts)?;
     Ok(DetrTrainReport {
-        epochs,
-        best_ap: progress.best_score,
-        best_epoch: progress.best_epoch,
-        best_model: output.join("best.bpk"),
-        last_model: output.join("last.bpk"),
-        output_dir: output,
-        last_eval,
+        epochs: run.epochs,
+        best_ap: run.best_score,
+        best_epoch: run.best_epoch,
+        output_dir: run.output_dir,
+        best_model: run.best_model,
+        last_model: run.last_model,
+        last_eval: run.last_eval,
     })
 }

@@ -185,3 +185,23 @@ impl Detr {
         self.forward_all(images, mask).pop().expect("DETR has at least one decoder layer")
     }
 }
+
+/// Parameter names the training loop needs.
+impl Detr {
+    /// The backbone's parameters (a regex over parameter paths), trained at their own learning rate.
+    pub fn backbone_params() -> &'static str {
+        r"^backbone\."
+    }
+
+    /// The class head, left at its initialisation when fine-tuning to another number of classes.
+    pub fn classifier_head() -> &'static str {
+        "class_embed"
+    }
+
+    /// The backbone's first `parts` freeze groups (stem, layer1, ..., see [`ResNet::freeze_groups`])
+    /// as a regex over parameter paths; `None` for 0.
+    pub fn frozen_backbone(parts: usize) -> Option<String> {
+        let names = ResNet::freeze_groups()[..parts].concat();
+        (parts > 0).then(|| format!(r"^backbone\.({})\.", names.join("|")))
+    }
+}

@@ -1,0 +1,244 @@
+//! The training engine, after facebookresearch/detr's `main.py` and `engine.py`: one outer loop
+//! for every model (output folder, seeding, resume from the last checkpoint, epochs, gradient
+//! accumulation and optimizer steps, `metrics.jsonl`, checkpoints, best and last weights,
+//! progress bars, the per-epoch log line), and a [`Task`] per kind of model that says how one
+//! batch trains and how the model is scored.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use crate::config::TrainConfig;
+use anyhow::{Context, Result};
+use burn::module::Module;
+use burn::optim::GradientsAccumulator;
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use zoo_datasets::DataError;
+
+use crate::checkpoint::{self, Progress};
+use crate::optimizer::{ParamGroups, adamw, lr_scheduler, optimizer_step, param_group};
+
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from the last checkpoint in the output folder.
+    pub resume: bool,
+    /// Stop after this many epochs in total even if the config asks for more (as an interrupted
+    /// run would); the checkpoints are the same.
+    pub stop_after: Option<usize>,
+    /// No progress bars.
+    pub quiet: bool,
+    /// Data-parallel training over these devices (the config's `train.devices`, resolved), the
+    /// first holding the model and the optimizer; fewer than two: the `device` argument alone.
+    pub devices: Vec<Device>,
+}
+
+/// What differs between training a classifier and a detector: the model, its batches, its loss
+/// and its validation. The engine does the rest.
+pub trait Task {
+    type Model: Module;
+    /// A training batch on the host.
+    type Batch;
+    /// What one epoch's training steps add up.
+    type Totals: EpochTotals;
+    /// A validation result.
+    type Eval;
+    /// One epoch's line of `metrics.jsonl`.
+    type Metrics: Serialize;
+
+    fn config(&self) -> &TrainConfig;
+
+    /// The model with its initial weights on `device` (seeded by the engine).
+    fn init(&self, device: &Device) -> Result<Self::Model>;
+
+    /// The parameters that train differently, as the model declares them.
+    fn param_groups(&self, model: &Self::Model) -> ParamGroups;
+
+    /// Loads the weights a fresh run starts from (`train.init_from`, ...), if any.
+    fn load_initial(&self, model: Self::Model) -> Result<Self::Model>;
+
+    fn load(model: Self::Model, path: &Path) -> Result<Self::Model>;
+
+    fn save(model: &Self::Model, path: &Path) -> Result<()>;
+
+    fn batches_per_epoch(&self) -> usize;
+
+    /// The epoch's training batches, in an order that follows from `(seed, epoch)`.
+    fn batches(&self, epoch: usize) -> Receiver<Result<Self::Batch, DataError>>;
+
+    /// A seed for the device's generator at the start of `epoch` (for dropout), if the task
+    /// reseeds it.
+    fn epoch_seed(&self, _epoch: usize) -> Option<u64> {
+        None
+    }
+
+    /// Forward and backward passes of one batch: adds its gradients, scaled for accumulation, to
+    /// `step.grads` and its losses to `step.totals`.
+    fn train_step(&self, model: &Self::Model, batch: Self::Batch, step: &mut Step<Self>) -> Result<()>;
+
+    /// Validation of the model (without autodiff) on `device`.
+    fn evaluate(&self, model: &Self::Model, device: &Device, quiet: bool) -> Result<Self::Eval>;
+
+    /// The validation score that picks `best.bpk` (higher is better).
+    fn score(eval: &Self::Eval) -> f64;
+
+    fn metrics(trained: &Trained<Self::Totals>, eval: &Self::Eval) -> Self::Metrics;
+
+    /// The line printed after each epoch.
+    fn log_line(metrics: &Self::Metrics, epochs: usize) -> String;
+}
+
+/// Sums over an epoch's training batches.
+pub trait EpochTotals: Default {
+    /// Images trained on.
+    fn images(&self) -> usize;
+    /// The epoch's mean training loss so far, as the progress bar shows it.
+    fn loss(&self) -> f64;
+}
+
+/// One training batch of an epoch, as a task's step sees it.
+pub struct Step<'a, T: Task + ?Sized> {
+    /// The epoch and the batch in it, both from 0.
+    pub epoch: usize,
+    pub batch: usize,
+    /// The autodiff device the model trains on.
+    pub device: &'a Device,
+    /// The gradients since the last optimizer step.
+    pub grads: GradientsAccumulator<T::Model>,
+    pub totals: T::Totals,
+}
+
+/// An epoch's training, for its metrics.
+pub struct Trained<T> {
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// The base learning rate of the epoch's last optimizer step.
+    pub lr: f64,
+    pub totals: T,
+    pub images_per_sec: f64,
+    /// Training and validation.
+    pub seconds: f64,
+}
+
+/// What a run leaves: its epochs' metrics and weights.
+pub struct Run<T: Task> {
+    pub epochs: Vec<T::Metrics>,
+    pub best_score: f64,
+    pub best_epoch: usize,
+    pub output_dir: PathBuf,
+    /// The weights of the best validation score and of the last epoch.
+    pub best_model: PathBuf,
+    pub last_model: PathBuf,
+    /// The last epoch's validation.
+    pub last_eval: Option<T::Eval>,
+}
+
+pub fn progress_bar(len: usize, quiet: bool, prefix: String) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64).with_prefix(prefix);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Trains `task` on `device`, writing checkpoints, `metrics.jsonl`, `best.bpk` and `last.bpk`
+/// under `train.output_dir`.
+pub fn run<T: Task>(task: &T, device: &Device, opts: &TrainOptions) -> Result<Run<T>> {
+    let cfg = task.config();
+    let output = cfg.output_dir.clone();
+    std::fs::create_dir_all(&output).with_context(|| format!("cannot create {}", output.display()))?;
+    let train_device = device.clone().autodiff();
+    // The initial weights follow from the seed, like the data order and augmentations.
+    train_device.seed(cfg.seed);
+    let mut model = task.init(&train_device)?;
+    let batches = task.batches_per_epoch();
+    let groups = task.param_groups(&model);
+    let mut optim = adamw(cfg, &groups)?;
+    let mut sched = lr_scheduler(cfg, &groups, batches.div_ceil(cfg.grad_accum))?;
+    let mut progress = Progress { epoch: 0, step: 0, best_score: -1.0, best_epoch: 0 };
+
+    let last_checkpoint = if opts.resume { checkpoint::list(&output)?.pop() } else { None };
+    if let Some((_, dir)) = &last_checkpoint {
+        (progress, optim) = checkpoint::restore(dir, optim, &mut sched, opts.quiet)?;
+        model = T::load(model, &dir.join(checkpoint::MODEL))?;
+    } else {
+        model = task.load_initial(model)?;
+    }
+    if let Some(frozen) = &groups.frozen {
+        model = model.set_require_grad_group(param_group(frozen)?, false);
+    }
+
+    let mut metrics_file = checkpoint::metrics_file(&output)?;
+    let mut epochs = Vec::new();
+    let mut last_eval = None;
+    let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
+    for epoch in progress.epoch..last_epoch {
+        if let Some(seed) = task.epoch_seed(epoch) {
+            train_device.seed(seed);
+        }
+        let started = Instant::now();
+        let bar = progress_bar(batches, opts.quiet, format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        let mut step = Step::<T> {
+            epoch,
+            batch: 0,
+            device: &train_device,
+            grads: GradientsAccumulator::new(),
+            totals: T::Totals::default(),
+        };
+        let mut lr = 0.0;
+        for (i, batch) in task.batches(epoch).into_iter().enumerate() {
+            step.batch = i;
+            task.train_step(&model, batch?, &mut step)?;
+            if (i + 1) % cfg.grad_accum == 0 || i + 1 == batches {
+                (model, lr) = optimizer_step(model, &mut optim, &mut sched, &mut step.grads, cfg.grad_clip);
+                progress.step += 1;
+            }
+            bar.inc(1);
+            bar.set_message(format!("loss {:.4} lr {lr:.2e}", step.totals.loss()));
+        }
+        bar.finish_and_clear();
+        let train_seconds = started.elapsed().as_secs_f64();
+        let eval = task.evaluate(&model.valid(), device, opts.quiet)?;
+        progress.epoch = epoch + 1;
+        let score = T::score(&eval);
+        let improved = score > progress.best_score;
+        if improved {
+            (progress.best_score, progress.best_epoch) = (score, epoch + 1);
+        }
+        let trained = Trained {
+            epoch: epoch + 1,
+            lr,
+            images_per_sec: step.totals.images() as f64 / train_seconds,
+            totals: step.totals,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        let m = T::metrics(&trained, &eval);
+        writeln!(metrics_file, "{}", serde_json::to_string(&m)?)?;
+        if !opts.quiet {
+            eprintln!("{}", T::log_line(&m, cfg.epochs));
+        }
+        epochs.push(m);
+        last_eval = Some(eval);
+        checkpoint::save_with_optimizer(&output, &progress, &optim, |path| T::save(&model, path))?;
+        if improved {
+            T::save(&model, &output.join("best.bpk"))?;
+        }
+    }
+    T::save(&model, &output.join("last.bpk"))?;
+    Ok(Run {
+        epochs,
+        best_score: progress.best_score,
+        best_epoch: progress.best_epoch,
+        best_model: output.join("best.bpk"),
+        last_model: output.join("last.bpk"),
+        output_dir: output,
+        last_eval,
+    })
+}
