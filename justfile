@@ -35,6 +35,11 @@ bench *args: build
 test:
     cargo test --workspace
 
+# The house rules, as CI checks them: rustfmt (rustfmt.toml) and clippy with warnings as errors.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
 # Needs PyTorch 2.9.0 on PATH's python3 (for libtorch) and a Vulkan driver (mesa's lavapipe will do).
 # One build with every backend: the same tiny models must agree with timm on each.
 test-backends:

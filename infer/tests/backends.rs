@@ -263,10 +263,13 @@ fn detr_step(device: &Device) -> (f32, Vec<f32>) {
     (values(loss)[0], grad)
 }
 
+/// A training step's loss and gradient on a device.
+type TrainingStep<'a> = &'a dyn Fn(&Device) -> (f32, Vec<f32>);
+
 #[test]
 fn a_training_step_agrees_with_flex_on_every_backend() {
     let flex = Device::flex();
-    let cases: [(&str, &dyn Fn(&Device) -> (f32, Vec<f32>)); 3] = [
+    let cases: [(&str, TrainingStep); 3] = [
         ("vit_tiny", &|d| classifier_step("vit_tiny", d)),
         ("tnt_tiny", &|d| classifier_step("tnt_tiny", d)),
         ("detr_tiny", &detr_step),

@@ -74,10 +74,10 @@ pub fn list(output: &Path) -> Result<Vec<(usize, PathBuf)>> {
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_prefix("epoch-"))
             .and_then(|n| n.parse().ok());
-        if let Some(epoch) = epoch {
-            if path.join(PROGRESS).is_file() {
-                found.push((epoch, path));
-            }
+        if let Some(epoch) = epoch
+            && path.join(PROGRESS).is_file()
+        {
+            found.push((epoch, path));
         }
     }
     found.sort();

@@ -101,7 +101,8 @@ mod defaults {
 
 impl DetrConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.num_heads == 0 || self.hidden_dim % self.num_heads != 0 || self.hidden_dim % 2 != 0 {
+        if self.num_heads == 0 || !self.hidden_dim.is_multiple_of(self.num_heads) || !self.hidden_dim.is_multiple_of(2)
+        {
             return Err(format!(
                 "model.hidden_dim = {} must be even and divisible by model.num_heads = {}",
                 self.hidden_dim, self.num_heads
