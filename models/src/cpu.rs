@@ -124,6 +124,9 @@ pub fn max_pool2d(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     pool.forward(x)
 }
 
+/// [`channel_affine`]'s tensors: `x`, `scale`, `shift` and the residual.
+pub type AffineArgs = (Tensor<4>, Tensor<1>, Tensor<1>, Option<Tensor<4>>);
+
 /// `relu?(x * scale[c] + shift[c] (+ residual))` per channel `c` of `x` `[B, C, H, W]`: a frozen
 /// batch norm, the shortcut of a residual block and the activation in one pass.
 pub fn channel_affine(
@@ -133,11 +136,13 @@ pub fn channel_affine(
     residual: Option<Tensor<4>>,
     relu: bool,
 ) -> Tensor<4> {
+    let args = (x, scale, shift, residual);
     #[cfg(feature = "flex")]
-    let (x, scale, shift, residual) = match flex::channel_affine(x, scale, shift, residual, relu) {
+    let args = match flex::channel_affine(args, relu) {
         Ok(y) => return y,
         Err(args) => args,
     };
+    let (x, scale, shift, residual) = args;
     let c = x.dims()[1];
     let y = x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1]);
     let y = match residual {
@@ -146,6 +151,9 @@ pub fn channel_affine(
     };
     if relu { burn::tensor::activation::relu(y) } else { y }
 }
+
+/// [`attention`]'s tensors: queries, keys, values and the key padding mask.
+pub type AttentionArgs = (Tensor<3>, Tensor<3>, Tensor<3>, Option<Tensor<2, Bool>>);
 
 /// Scaled dot-product attention of projected queries `[B, Nq, C]` and keys and values
 /// `[B, Nk, C]`, split into `num_heads` heads, scale `(C / num_heads)^-1/2`;
@@ -157,22 +165,17 @@ pub fn attention(
     num_heads: usize,
     key_padding_mask: Option<Tensor<2, Bool>>,
 ) -> Tensor<3> {
+    let args = (q, k, v, key_padding_mask);
     #[cfg(feature = "flex")]
-    let (q, k, v, key_padding_mask) = match flex::attention(q, k, v, num_heads, key_padding_mask) {
+    let args = match flex::attention(args, num_heads) {
         Ok(y) => return y,
         Err(args) => args,
     };
-    attention_by_ops(q, k, v, num_heads, key_padding_mask)
+    attention_by_ops(args, num_heads)
 }
 
 /// [`attention`] with Burn's fused attention op (every backend, autodiff included).
-pub fn attention_by_ops(
-    q: Tensor<3>,
-    k: Tensor<3>,
-    v: Tensor<3>,
-    num_heads: usize,
-    key_padding_mask: Option<Tensor<2, Bool>>,
-) -> Tensor<3> {
+pub fn attention_by_ops((q, k, v, key_padding_mask): AttentionArgs, num_heads: usize) -> Tensor<3> {
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
     // `[B, N, heads * d]` -> `[B, heads, N, d]`.
@@ -354,7 +357,7 @@ mod tests {
                 let lens: Vec<bool> = (0..b).flat_map(|i| (0..nk).map(move |j| j >= nk - 3 * i)).collect();
                 Tensor::<1, Bool>::from_data(TensorData::new(lens, [b * nk]), &device).reshape([b, nk])
             });
-            let expected = attention_by_ops(q.clone(), k.clone(), v.clone(), h, mask.clone());
+            let expected = attention_by_ops((q.clone(), k.clone(), v.clone(), mask.clone()), h);
             attention(q, k, v, h, mask)
                 .into_data()
                 .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-5));

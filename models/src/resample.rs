@@ -6,6 +6,8 @@
 //! The same coefficients serve two callers: timm's `resample_abs_pos_embed` (float, PyTorch) and
 //! timm's eval `Resize` on 8-bit images (PIL's fixed-point arithmetic, rounded after each pass).
 
+use std::collections::BTreeMap;
+
 use burn::tensor::TensorData;
 
 /// The resampling filter.
@@ -190,6 +192,18 @@ pub fn resample_pos_embed(pos: &TensorData, prefix: usize, n: usize) -> Result<T
     let mut out = values[..prefix * c].to_vec();
     out.extend((0..new * new).flat_map(|p| (0..c).map(move |ch| (p, ch))).map(|(p, ch)| resized[ch * new * new + p]));
     Ok(TensorData::new(out, [1, prefix + new * new, c]))
+}
+
+/// Fits a checkpoint's position embedding `key` (one class token, then a square grid) to the
+/// model's `[1, 1 + n, C]` by [`resample_pos_embed`], when the grid sizes differ.
+pub fn fit_pos_embed(tensors: &mut BTreeMap<String, TensorData>, key: &str, target: [usize; 3]) -> Result<(), String> {
+    if let Some(pos) = tensors.get(key)
+        && pos.shape().as_slice() != target.as_slice()
+    {
+        let resampled = resample_pos_embed(pos, 1, target[1] - 1)?;
+        tensors.insert(key.into(), resampled);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

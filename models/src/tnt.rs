@@ -15,7 +15,7 @@ use crate::common::{GlobalPool, check_patch_grid, defaults};
 use crate::cpu::{attention, linear};
 use crate::import::{Checkpoint, Tensors};
 use crate::layers::{Mlp, timm_init, timm_linear};
-use crate::resample::resample_pos_embed;
+use crate::resample::fit_pos_embed;
 
 /// TNT-S is `embed_dim 384, inner_dim 24, depth 12, num_heads_outer 6, num_heads_inner 4`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -277,13 +277,7 @@ const HUAWEI_NAMES: [(&str, &str); 13] = [
 impl Checkpoint for Tnt {
     fn adapt_checkpoint(&self, tensors: Tensors) -> Result<Tensors, String> {
         let mut tensors = if tensors.contains_key("patch_pos") { tensors } else { huawei_to_timm(tensors)? };
-        let target = self.patch_pos.dims();
-        if let Some(pos) = tensors.get("patch_pos")
-            && pos.shape().as_slice() != target.as_slice()
-        {
-            let resampled = resample_pos_embed(pos, 1, target[1] - 1)?;
-            tensors.insert("patch_pos".into(), resampled);
-        }
+        fit_pos_embed(&mut tensors, "patch_pos", self.patch_pos.dims())?;
         Ok(tensors)
     }
 }

@@ -11,7 +11,7 @@ use crate::common::{GlobalPool, check_patch_grid, defaults};
 use crate::cpu::{attention, linear};
 use crate::import::{Checkpoint, Tensors};
 use crate::layers::{Mlp, timm_init, timm_linear};
-use crate::resample::resample_pos_embed;
+use crate::resample::fit_pos_embed;
 
 /// A ViT family member: Ti/16 is `embed_dim 192, num_heads 3`, S/16 `384, 6`, B/16 `768, 12`,
 /// L/16 `1024, 16, depth 24`; `/32` variants set `patch_size = 32`.
@@ -211,13 +211,7 @@ impl Vit {
 impl Checkpoint for Vit {
     /// timm names match the module's; only a `pos_embed` of another grid size needs resampling.
     fn adapt_checkpoint(&self, mut tensors: Tensors) -> Result<Tensors, String> {
-        let target = self.pos_embed.dims();
-        if let Some(pos) = tensors.get("pos_embed")
-            && pos.shape().as_slice() != target.as_slice()
-        {
-            let resampled = resample_pos_embed(pos, 1, target[1] - 1)?;
-            tensors.insert("pos_embed".into(), resampled);
-        }
+        fit_pos_embed(&mut tensors, "pos_embed", self.pos_embed.dims())?;
         Ok(tensors)
     }
 }

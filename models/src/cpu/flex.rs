@@ -9,6 +9,8 @@ use burn::tensor::DType;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use super::{AffineArgs, AttentionArgs};
+
 /// Products with fewer multiply-adds than this run on one thread.
 const THREADED_MACS: usize = 1 << 19;
 /// Floats of working set per task that stay in a core's L2 cache (512 KiB).
@@ -68,6 +70,59 @@ impl SharedMut {
 
 type LinearArgs<const D: usize> = (Tensor<D>, Tensor<2>, Option<Tensor<1>>);
 
+/// A strided f32 matrix for [`matmul`]: element `(i, j)` at `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+struct View<P> {
+    ptr: P,
+    rs: isize,
+    cs: isize,
+}
+
+fn view<P>(ptr: P, rs: usize, cs: usize) -> View<P> {
+    View { ptr, rs: rs as isize, cs: cs as isize }
+}
+
+/// `dst = scale * lhs rhs`, or `dst += scale * lhs rhs` with `accumulate`, for `[m, k] x [k, n]`
+/// (`shape = [m, n, k]`), by the gemm crate.
+///
+/// # Safety
+/// The views must describe live buffers of these shapes, and `dst` must not overlap the others.
+unsafe fn matmul(
+    [m, n, k]: [usize; 3],
+    dst: View<*mut f32>,
+    accumulate: bool,
+    lhs: View<*const f32>,
+    rhs: View<*const f32>,
+    scale: f32,
+    parallelism: gemm::Parallelism,
+) {
+    let keep = if accumulate { 1.0 } else { 0.0 };
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.ptr,
+            dst.cs,
+            dst.rs,
+            accumulate,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            keep,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 pub fn linear<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
@@ -103,25 +158,13 @@ pub fn linear<const D: usize>(
     let parallelism = if m * n * k >= THREADED_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: the pointers and strides describe live buffers of the shapes passed.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
+        matmul(
+            [m, n, k],
+            view(out.as_mut_ptr(), n, 1),
             true,
-            xt.storage::<f32>().as_ptr().add(xt.layout().start_offset()),
-            x_cs as isize,
-            x_rs as isize,
-            wt.storage::<f32>().as_ptr().add(wt.layout().start_offset()),
-            w_cs,
-            w_rs,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
+            view(xt.storage::<f32>().as_ptr().add(xt.layout().start_offset()), x_rs, x_cs),
+            View { ptr: wt.storage::<f32>().as_ptr().add(wt.layout().start_offset()), rs: w_rs, cs: w_cs },
+            1.0,
             parallelism,
         );
     }
@@ -208,25 +251,13 @@ pub fn conv_taps(
                 // lhs is W[:, :, tap] (row stride ci*taps, column stride taps); rhs row c is
                 // plane c of the source from shift + j0, cols elements, inside the source.
                 unsafe {
-                    gemm::gemm(
-                        co,
-                        cols,
-                        ci,
-                        dst_ptr.at(j0),
-                        1,
-                        n as isize,
+                    matmul(
+                        [co, cols, ci],
+                        view(dst_ptr.at(j0), n, 1),
                         true,
-                        ws.as_ptr().add(tap),
-                        taps as isize,
-                        (ci * taps) as isize,
-                        source.as_ptr().add(shift + j0),
-                        1,
-                        plane as isize,
-                        1.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
+                        view(ws.as_ptr().add(tap), ci * taps, taps),
+                        view(source.as_ptr().add(shift + j0), plane, 1),
+                        1.0,
                         gemm::Parallelism::None,
                     );
                 }
@@ -300,25 +331,13 @@ pub fn conv_unfold(
             // SAFETY: dst is columns oy0*ow.. (rows*ow of them) of the co x (oh*ow) output,
             // this task's alone; lhs is W as [co, kdim]; rhs is the kdim x n block.
             unsafe {
-                gemm::gemm(
-                    co,
-                    n,
-                    kdim,
-                    out_ptr.at(oy0 * ow),
-                    1,
-                    (oh * ow) as isize,
+                matmul(
+                    [co, n, kdim],
+                    view(out_ptr.at(oy0 * ow), oh * ow, 1),
                     true,
-                    ws.as_ptr(),
-                    1,
-                    kdim as isize,
-                    cols.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
+                    view(ws.as_ptr(), kdim, 1),
+                    view(cols.as_ptr(), n, 1),
+                    1.0,
                     gemm::Parallelism::None,
                 );
             }
@@ -358,15 +377,7 @@ pub fn max_pool(x: Tensor<4>, k: usize, s: usize, p: usize) -> Result<Tensor<4>,
     Ok(from_vec(out, vec![b, c, oh, ow]))
 }
 
-type AffineArgs = (Tensor<4>, Tensor<1>, Tensor<1>, Option<Tensor<4>>);
-
-pub fn channel_affine(
-    x: Tensor<4>,
-    scale: Tensor<1>,
-    shift: Tensor<1>,
-    residual: Option<Tensor<4>>,
-    relu: bool,
-) -> Result<Tensor<4>, AffineArgs> {
+pub fn channel_affine((x, scale, shift, residual): AffineArgs, relu: bool) -> Result<Tensor<4>, AffineArgs> {
     let residual_prim = residual.as_ref().map(float32);
     let (Some(xt), Some(scale_t), Some(shift_t), None | Some(Some(_))) =
         (float32(&x), float32(&scale), float32(&shift), &residual_prim)
@@ -401,18 +412,10 @@ fn own_contiguous(t: FlexTensor) -> FlexTensor {
     }
 }
 
-type AttentionArgs = (Tensor<3>, Tensor<3>, Tensor<3>, Option<Tensor<2, Bool>>);
-
 /// Head widths up to this use the direct loops; wider heads use gemm for both products.
 const SMALL_HEAD: usize = 16;
 
-pub fn attention(
-    q: Tensor<3>,
-    k: Tensor<3>,
-    v: Tensor<3>,
-    num_heads: usize,
-    mask: Option<Tensor<2, Bool>>,
-) -> Result<Tensor<3>, AttentionArgs> {
+pub fn attention((q, k, v, mask): AttentionArgs, num_heads: usize) -> Result<Tensor<3>, AttentionArgs> {
     let (Some(qt), Some(kt), Some(vt)) = (float32(&q), float32(&k), float32(&v)) else {
         return Err((q, k, v, mask));
     };
@@ -537,26 +540,14 @@ impl Head<'_> {
         let mut s = vec![0.0f32; nq * nk];
         // SAFETY: strides and sizes describe the slices and buffers given.
         unsafe {
-            gemm::gemm(
-                nq,
-                nk,
-                d,
-                s.as_mut_ptr(),
-                1,
-                nk as isize,
+            matmul(
+                [nq, nk, d],
+                view(s.as_mut_ptr(), nk, 1),
                 false,
-                self.q.as_ptr(),
-                1,
-                self.q_rs as isize,
+                view(self.q.as_ptr(), self.q_rs, 1),
                 // Kᵀ: element (t, j) is K[j, t].
-                self.k.as_ptr(),
-                self.k_rs as isize,
-                1,
-                0.0f32,
+                view(self.k.as_ptr(), 1, self.k_rs),
                 self.scale,
-                false,
-                false,
-                false,
                 gemm::Parallelism::None,
             );
         }
@@ -565,25 +556,13 @@ impl Head<'_> {
             simd::softmax_in_place(row);
         }
         unsafe {
-            gemm::gemm(
-                nq,
-                d,
-                nk,
-                o,
-                1,
-                o_rs as isize,
+            matmul(
+                [nq, d, nk],
+                view(o, o_rs, 1),
                 false,
-                s.as_ptr(),
-                1,
-                nk as isize,
-                self.v.as_ptr(),
-                1,
-                self.v_rs as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
+                view(s.as_ptr(), nk, 1),
+                view(self.v.as_ptr(), self.v_rs, 1),
+                1.0,
                 gemm::Parallelism::None,
             );
         }

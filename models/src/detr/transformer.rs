@@ -66,6 +66,13 @@ fn dropout<const D: usize>(x: Tensor<D>, p: f64) -> Tensor<D> {
     x * keep / (1.0 - p)
 }
 
+/// The feed-forward sublayer both layer kinds end with, post-norm:
+/// `norm(x + dropout(linear2(dropout(relu(linear1(x))))))`.
+fn feed_forward(x: Tensor<3>, linear1: &Linear, linear2: &Linear, norm: &LayerNorm, p: f64) -> Tensor<3> {
+    let ffn = linear(linear2, dropout(relu(linear(linear1, x.clone())), p));
+    norm.forward(x + dropout(ffn, p))
+}
+
 /// Sizes of the transformer's layers.
 #[derive(Debug, Clone, Copy)]
 pub struct TransformerDims {
@@ -114,8 +121,7 @@ impl EncoderLayer {
         let qk = src.clone() + pos;
         let attended = self.self_attn.forward(qk.clone(), qk, src.clone(), Some(mask));
         let src = self.norm1.forward(src + dropout(attended, p));
-        let ffn = linear(&self.linear2, dropout(relu(linear(&self.linear1, src.clone())), p));
-        self.norm2.forward(src + dropout(ffn, p))
+        feed_forward(src, &self.linear1, &self.linear2, &self.norm2, p)
     }
 }
 
@@ -174,8 +180,7 @@ impl DecoderLayer {
         let tgt = self.norm1.forward(tgt + dropout(attended, p));
         let attended = self.multihead_attn.forward(tgt.clone() + query_pos, memory.clone() + pos, memory, Some(mask));
         let tgt = self.norm2.forward(tgt + dropout(attended, p));
-        let ffn = linear(&self.linear2, dropout(relu(linear(&self.linear1, tgt.clone())), p));
-        self.norm3.forward(tgt + dropout(ffn, p))
+        feed_forward(tgt, &self.linear1, &self.linear2, &self.norm3, p)
     }
 }
 
