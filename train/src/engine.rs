@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
-use crate::config::TrainConfig;
 use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::optim::GradientsAccumulator;
@@ -19,6 +18,7 @@ use serde::Serialize;
 use zoo_datasets::DataError;
 
 use crate::checkpoint::{self, Progress};
+use crate::config::TrainConfig;
 use crate::optimizer::{ParamGroups, adamw, lr_scheduler, optimizer_step, param_group};
 
 #[derive(Debug, Clone, Default)]

@@ -1,7 +1,6 @@
 //! AdamW with parameter groups, the learning-rate schedule per optimizer step, and one optimizer
 //! step over accumulated gradients with the global gradient norm clipped.
 
-use crate::config::TrainConfig;
 use anyhow::Result;
 use burn::lr_scheduler::LrSchedulerConfig;
 use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
@@ -13,6 +12,7 @@ use burn::module::{Module, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, ModuleOptimizer};
 
 use crate::clip::clip_grad_norm;
+use crate::config::TrainConfig;
 
 /// Parameters that train differently from the rest, each a regex over parameter paths that the
 /// model declares (e.g. `Classifier::no_weight_decay`, `Detr::backbone_params`).
