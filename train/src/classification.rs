@@ -117,11 +117,14 @@ fn data_parallel_step(
 }
 
 /// Top-1 and top-5 hits of logits `[B, classes]` against labels.
+/// A row holding a NaN is never a hit: NaN compares false with everything, so counting the
+/// logits above the label's would make a diverged model score 100%.
 fn top_k_hits(logits: &[f32], labels: &[usize], classes: usize) -> (usize, usize) {
     let mut top1 = 0;
     let mut top5 = 0;
     for (row, &label) in logits.chunks(classes).zip(labels) {
-        let better = row.iter().filter(|&&v| v > row[label]).count();
+        let better =
+            if row.iter().any(|v| v.is_nan()) { usize::MAX } else { row.iter().filter(|&&v| v > row[label]).count() };
         top1 += (better == 0) as usize;
         top5 += (better < 5) as usize;
     }
@@ -337,4 +340,45 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
         last_model: run.last_model,
         classes: task.classes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_k_hits;
+
+    #[test]
+    fn top_k_counts_ranks_and_never_counts_nan() {
+        // Label 2 first, label 0 third of six, label 1 in a row with a NaN, label 3 in a NaN row.
+        let logits = [
+            0.1,
+            0.2,
+            0.9,
+            0.0,
+            0.0,
+            0.0, //
+            0.5,
+            0.7,
+            0.0,
+            0.6,
+            0.0,
+            0.0, //
+            0.1,
+            0.9,
+            f32::NAN,
+            0.0,
+            0.0,
+            0.0, //
+            f32::NAN,
+            f32::NAN,
+            f32::NAN,
+            f32::NAN,
+            f32::NAN,
+            f32::NAN,
+        ];
+        assert_eq!(top_k_hits(&logits[..6], &[2], 6), (1, 1));
+        assert_eq!(top_k_hits(&logits[6..12], &[0], 6), (0, 1));
+        assert_eq!(top_k_hits(&logits[12..18], &[1], 6), (0, 0));
+        assert_eq!(top_k_hits(&logits[18..], &[3], 6), (0, 0));
+        assert_eq!(top_k_hits(&logits, &[2, 0, 1, 3], 6), (1, 2));
+    }
 }
