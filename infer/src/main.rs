@@ -193,9 +193,9 @@ enum Command {
     Bench {
         #[arg(long)]
         config: PathBuf,
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         batch: usize,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
         iters: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
@@ -206,7 +206,7 @@ enum Command {
         #[arg(long)]
         loader_data: Option<PathBuf>,
         /// DETR input height and width.
-        #[arg(long, num_args = 2, default_values_t = [800, 1066])]
+        #[arg(long, num_args = 2, default_values_t = [800, 1066], value_parser = at_least_one)]
         detr_size: Vec<usize>,
         /// Print one JSON object.
         #[arg(long)]
@@ -216,6 +216,16 @@ enum Command {
     },
     /// List the backends compiled into this binary.
     Devices,
+}
+
+/// A count or size that must be at least 1 (a benchmark of no iterations, no images or a
+/// zero-sized input measures nothing).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn main() {
@@ -375,4 +385,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Devices => println!("{}", compiled_backends().join("\n")),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_counts_and_sizes_must_be_positive() {
+        let bench = |extra: &[&str]| {
+            let args = ["zoo", "bench", "--config", "c.toml"].iter().chain(extra);
+            Cli::try_parse_from(args).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert!(bench(&[]).is_ok());
+        for extra in [&["--iters", "0"][..], &["--batch", "0"], &["--detr-size", "0", "0"]] {
+            let err = bench(extra).unwrap_err();
+            assert!(err.contains(extra[0]), "{extra:?}: {err}");
+        }
+        assert!(bench(&["--iters", "0"]).unwrap_err().contains("must be at least 1"));
+    }
 }
