@@ -4,7 +4,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Backends compiled into `zoo` (cargo features of zoo-infer): flex (default), ndarray, wgpu, tch.
 features := env_var_or_default("ZOO_FEATURES", "flex")
-zoo := "target/release/zoo"
+# The binary, wherever cargo puts it (CARGO_TARGET_DIR or ./target).
+zoo := env_var_or_default("CARGO_TARGET_DIR", "target") + "/release/zoo"
 
 # List the recipes.
 default:
@@ -41,7 +42,9 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
 # Needs PyTorch 2.9.0 on PATH's python3 (for libtorch) and a Vulkan driver (mesa's lavapipe will do).
-# One build with every backend: the same tiny models must agree with timm on each.
+# One build with every backend: each must run the tiny ViT, TNT and DETR as the references do
+# (DETR on a padded batch), masked attention and the position embedding as the host computes them,
+# and a training step of each model as flex does.
 test-backends:
     #!/usr/bin/env bash
     set -euo pipefail
