@@ -169,12 +169,16 @@ pub fn run<T: Task>(task: &T, device: &Device, opts: &TrainOptions) -> Result<Ru
         (progress, optim) = checkpoint::restore(dir, optim, &mut sched, opts.quiet)?;
         model = T::load(model, &dir.join(checkpoint::MODEL))?;
     } else {
+        if opts.resume {
+            eprintln!("warning: --resume, but {} holds no checkpoint: training from the start", output.display());
+        }
         model = task.load_initial(model)?;
     }
     if let Some(frozen) = &groups.frozen {
         model = model.set_require_grad_group(param_group(frozen)?, false);
     }
 
+    checkpoint::trim_metrics(&output, progress.epoch)?;
     let mut metrics_file = checkpoint::metrics_file(&output)?;
     let mut epochs = Vec::new();
     let mut last_eval = None;

@@ -120,11 +120,24 @@ fn resumed_run_matches_uninterrupted_run() {
     let first =
         train_classifier(&cfg, &Device::flex(), &TrainOptions { stop_after: Some(1), ..quiet.clone() }).unwrap();
     assert_eq!(first.epochs.len(), 1);
-    let resumed = train_classifier(&cfg, &Device::flex(), &TrainOptions { resume: true, ..quiet }).unwrap();
+    let resumed = train_classifier(&cfg, &Device::flex(), &TrainOptions { resume: true, ..quiet.clone() }).unwrap();
     assert_eq!(resumed.epochs.len(), 1, "the resumed run trains only the remaining epoch");
     let (a, b) = (&straight.epochs[1], &resumed.epochs[0]);
     assert_eq!(a.epoch, b.epoch);
     assert_eq!((a.train_loss, a.val_loss, a.val_top1, a.lr), (b.train_loss, b.val_loss, b.val_top1, b.lr));
+
+    // A run stopped after writing epoch 2's metrics but before its checkpoint resumes from epoch
+    // 1: metrics.jsonl lists every epoch once, epoch 2 as the resumed run measured it.
+    let out = tmp.path().join("b");
+    std::fs::remove_dir_all(out.join("checkpoints/epoch-0002")).unwrap();
+    let again = train_classifier(&cfg, &Device::flex(), &TrainOptions { resume: true, ..quiet }).unwrap();
+    assert_eq!(again.epochs.len(), 1);
+    let epochs: Vec<u64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, [1, 2]);
 }
 
 /// Data-parallel over two devices (here both the CPU) trains the same model as one device: the
