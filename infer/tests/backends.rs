@@ -247,17 +247,31 @@ fn classifier_step(case: &str, device: &Device) -> (f32, Vec<f32>) {
     (values(loss)[0], grad)
 }
 
-/// DETR's set loss (every decoder layer) on the fixture's padded batch and the gradient of the
-/// backbone's first convolution, on `device` with autodiff.
+fn detr_targets() -> Vec<DetrTarget> {
+    vec![
+        DetrTarget { labels: vec![1, 3], boxes: vec![[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]] },
+        DetrTarget { labels: vec![2], boxes: vec![[0.5, 0.5, 0.4, 0.4]] },
+    ]
+}
+
+/// Every decoder layer's query-target matching on flex. With random weights, the first decoder
+/// layer's queries are nearly alike (its input is zero), so their costs nearly tie and rounding
+/// may pick another query on another backend: a different, equally good assignment whose
+/// gradients differ. The backends are compared under this one.
+fn detr_matching() -> Vec<Vec<Vec<(usize, usize)>>> {
+    let (images, mask) = detr_input(&Device::flex());
+    let outputs = detr(&Device::flex()).forward_all(images, mask);
+    outputs.iter().map(|out| SetCriterion::default().match_layer(out, &detr_targets()).unwrap()).collect()
+}
+
+/// DETR's set loss (every decoder layer, under flex's matching) on the fixture's padded batch
+/// and the gradient of the backbone's first convolution, on `device` with autodiff.
 fn detr_step(device: &Device) -> (f32, Vec<f32>) {
     let device = device.clone().autodiff();
     let model = detr(&device);
     let (images, mask) = detr_input(&device);
-    let targets = vec![
-        DetrTarget { labels: vec![1, 3], boxes: vec![[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]] },
-        DetrTarget { labels: vec![2], boxes: vec![[0.5, 0.5, 0.4, 0.4]] },
-    ];
-    let (loss, _) = SetCriterion::default().loss(&model.forward_all(images, mask), &targets).unwrap();
+    let outputs = model.forward_all(images, mask);
+    let (loss, _) = SetCriterion::default().loss_matched(&outputs, &detr_targets(), &detr_matching());
     let grads = loss.backward();
     let grad = values(model.backbone.conv1.weight.val().grad(&grads).unwrap());
     (values(loss)[0], grad)
@@ -274,19 +288,23 @@ fn a_training_step_agrees_with_flex_on_every_backend() {
         ("tnt_tiny", &|d| classifier_step("tnt_tiny", d)),
         ("detr_tiny", &detr_step),
     ];
+    let mut failures = Vec::new();
     for (case, step) in cases {
         let (loss_ref, grad_ref) = step(&flex);
         assert!(loss_ref.is_finite() && grad_ref.iter().any(|g| *g != 0.0), "{case}: no loss or gradient on flex");
         for (backend, device) in devices() {
             let (loss, grad) = step(&device);
             let (loss_diff, grad_diff) = ((loss - loss_ref).abs() / loss_ref.abs(), relative_diff(&grad, &grad_ref));
+            let norm = |g: &[f32]| g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+            let diff: Vec<f32> = grad.iter().zip(&grad_ref).map(|(a, b)| a - b).collect();
+            let norm_diff = norm(&diff) / norm(&grad_ref);
             println!(
-                "{case} training step on {backend}: loss {loss} (relative to flex {loss_diff:e}), gradient {grad_diff:e}"
+                "{case} training step on {backend}: loss {loss} (relative to flex {loss_diff:e}), gradient max-relative {grad_diff:e}, norm-relative {norm_diff:e}"
             );
-            assert!(
-                loss_diff < 1e-5 && grad_diff < 1e-4,
-                "{case} on {backend}: loss {loss_diff:e}, gradient {grad_diff:e}"
-            );
+            if !(loss_diff < 1e-5 && grad_diff < 1e-5) {
+                failures.push(format!("{case} on {backend}: loss {loss_diff:e}, gradient {grad_diff:e}"));
+            }
         }
     }
+    assert!(failures.is_empty(), "{failures:?}");
 }

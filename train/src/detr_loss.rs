@@ -142,12 +142,23 @@ impl SetCriterion {
         if targets.len() != outputs[0].logits.dims()[0] {
             bail!("{} targets for a batch of {}", targets.len(), outputs[0].logits.dims()[0]);
         }
+        let matching = outputs.iter().map(|out| self.match_layer(out, targets)).collect::<Result<Vec<_>>>()?;
+        Ok(self.loss_matched(outputs, targets, &matching))
+    }
+
+    /// [`SetCriterion::loss`] with every layer's matching given (one `match_layer` result per
+    /// output), e.g. to compare two computations of the loss under the same assignment.
+    pub fn loss_matched(
+        &self,
+        outputs: &[DetrOutput],
+        targets: &[DetrTarget],
+        matching: &[Vec<Vec<(usize, usize)>>],
+    ) -> (Tensor<1>, Vec<LayerLosses>) {
         let num_boxes = (targets.iter().map(|t| t.labels.len()).sum::<usize>() as f64).max(1.0);
         let mut total: Option<Tensor<1>> = None;
         let mut per_layer = Vec::new();
-        for out in outputs {
-            let pairs = self.match_layer(out, targets)?;
-            let l = self.layer_losses(out, targets, &pairs, num_boxes);
+        for (out, pairs) in outputs.iter().zip(matching) {
+            let l = self.layer_losses(out, targets, pairs, num_boxes);
             let weighted =
                 l.ce.clone() * self.weight_ce + l.bbox.clone() * self.weight_bbox + l.giou.clone() * self.weight_giou;
             total = Some(match total {
@@ -156,6 +167,6 @@ impl SetCriterion {
             });
             per_layer.push(l);
         }
-        Ok((total.expect("at least one layer"), per_layer))
+        (total.expect("at least one layer"), per_layer)
     }
 }
