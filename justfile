@@ -57,6 +57,10 @@ test-backends:
 classify config weights +images: build
     {{zoo}} classify --config {{config}} --weights {{weights}} --image {{images}}
 
+# Attention maps over a photo: just attention configs/vit_b16.toml weights.safetensors cat.jpg out/attention [--npy-out DIR]
+attention config weights image out *args: build
+    {{zoo}} attention --config {{config}} --weights {{weights}} --image {{image}} --out {{out}} {{args}}
+
 # Convert a checkpoint to burnpack: just convert configs/vit_b16.toml in.safetensors out.bpk
 convert config weights out: build
     {{zoo}} convert --config {{config}} --weights {{weights}} --out {{out}}

@@ -65,6 +65,19 @@ impl CocoDetection {
         Ok(Self { annotations_file: annotations_json.to_path_buf(), samples, ground_truth: gt })
     }
 
+    /// A description of the annotations whose category is not in the file's `categories` (left
+    /// out of training and of the scores), if there are any.
+    pub fn unknown_categories(&self) -> Option<String> {
+        let unknown = self.ground_truth.unknown_category_annotations();
+        let &(id, category_id) = unknown.first()?;
+        Some(format!(
+            "{}: {} annotations have a category_id that its categories do not list (the first: annotation {id}, \
+             category_id {category_id})",
+            self.annotations_file.display(),
+            unknown.len()
+        ))
+    }
+
     /// Category ids and names, ascending.
     pub fn categories(&self) -> &[(u64, String)] {
         self.ground_truth.categories()

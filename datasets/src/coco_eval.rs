@@ -126,6 +126,9 @@ pub struct CocoGroundTruth {
     /// The annotations `_prepare` loads, in its order: images by id, each image's annotations in
     /// file order, only those of known images and categories.
     annotations: Vec<GtAnnotation>,
+    /// `(annotation id, category_id)` of the annotations left out because their category is not
+    /// in `categories` (pycocotools leaves them out silently).
+    unknown_category: Vec<(u64, u64)>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +220,16 @@ impl CocoGroundTruth {
     }
 
     fn parse(s: &str, origin: &str) -> Result<Self, CocoError> {
+        // serde reads a struct from a JSON array too (its fields in order): `[]` would be an
+        // empty ground truth that scores -1 everywhere instead of an error.
+        if s.trim_start().starts_with('[') {
+            use serde::de::{Error, Unexpected};
+            let e = serde_json::Error::invalid_type(
+                Unexpected::Seq,
+                &"a COCO instances object (images, annotations, categories)",
+            );
+            return Err(CocoError::json(origin, e));
+        }
         let raw: RawDataset = serde_json::from_str(s).map_err(|e| CocoError::json(origin, e))?;
 
         let mut image_ids: Vec<u64> = raw.images.iter().map(|image| image.id).collect();
@@ -264,8 +277,20 @@ impl CocoGroundTruth {
         listed.sort_by_key(|&(rank, _)| rank); // stable: file order within an image
         let annotations = listed.iter().map(|&(_, i)| annotations[last_with_id[&annotations[i].id]].clone()).collect();
 
+        let unknown_category = raw
+            .annotations
+            .iter()
+            .filter(|a| !category_set.contains(&a.category_id))
+            .map(|a| (a.id, a.category_id))
+            .collect();
         let file_names = raw.images.into_iter().map(|image| (image.id, image.file_name)).collect();
-        Ok(CocoGroundTruth { image_ids, categories, file_names, annotations })
+        Ok(CocoGroundTruth { image_ids, categories, file_names, annotations, unknown_category })
+    }
+
+    /// `(annotation id, category_id)` of the annotations whose category the file does not list;
+    /// they are not scored (as pycocotools does) and not trained on.
+    pub fn unknown_category_annotations(&self) -> &[(u64, u64)] {
+        &self.unknown_category
     }
 
     /// The name of a category, if the ground truth has it.

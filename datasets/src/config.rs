@@ -1,9 +1,14 @@
 //! The data sections of the zoo's TOML config files: `[data]` (preprocessing shared by training,
 //! evaluation and inference) and `[train.detection]` (DETR's training augmentation).
 
+use std::ops::Bound;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use zoo_models::check;
+
+/// The longest image side a resize may ask for.
+pub const MAX_SIDE: usize = 8192;
 
 /// How images are resampled when resizing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -49,11 +54,11 @@ impl Default for DataConfig {
 impl DataConfig {
     /// Checks the values; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.crop_pct > 0.0 && self.crop_pct <= 1.0) {
-            return Err(format!("data.crop_pct = {} must be in (0, 1]", self.crop_pct));
-        }
-        if self.std.iter().any(|s| *s <= 0.0) {
-            return Err(format!("data.std = {:?} must be positive", self.std));
+        // The eval resize makes the shorter side image_size / crop_pct: 20x at most.
+        check::number("data.crop_pct", self.crop_pct, 0.05..=1.0)?;
+        for (c, (&mean, &std)) in self.mean.iter().zip(&self.std).enumerate() {
+            check::number(&format!("data.mean[{c}]"), mean.into(), ..)?;
+            check::number(&format!("data.std[{c}]"), std.into(), (Bound::Excluded(0.0), Bound::Unbounded))?;
         }
         Ok(())
     }
@@ -99,12 +104,19 @@ impl Default for DetrAugmentConfig {
 impl DetrAugmentConfig {
     /// Checks the sizes; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.scales.is_empty() || self.scales.contains(&0) || self.max_size == 0 || self.crop_scales.contains(&0) {
-            return Err("train.detection.scales must not be empty, and no size may be 0".into());
+        if self.scales.is_empty() {
+            return Err("train.detection.scales must not be empty".into());
         }
-        if self.crop_size[0] == 0 || self.crop_size[0] > self.crop_size[1] {
+        for (i, &scale) in self.scales.iter().enumerate() {
+            check::count(&format!("train.detection.scales[{i}]"), scale, MAX_SIDE)?;
+        }
+        for (i, &scale) in self.crop_scales.iter().enumerate() {
+            check::count(&format!("train.detection.crop_scales[{i}]"), scale, MAX_SIDE)?;
+        }
+        check::count("train.detection.max_size", self.max_size, MAX_SIDE)?;
+        if self.crop_size[0] == 0 || self.crop_size[0] > self.crop_size[1] || self.crop_size[1] > MAX_SIDE {
             return Err(format!(
-                "train.detection.crop_size = {:?} must be [min, max] with 0 < min <= max",
+                "train.detection.crop_size = {:?} must be [min, max] with 0 < min <= max <= {MAX_SIDE}",
                 self.crop_size
             ));
         }

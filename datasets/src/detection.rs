@@ -81,7 +81,8 @@ pub fn detr_resized_dims((h, w): (usize, usize), size: usize, max_size: Option<u
         let (min_side, max_side) = (h.min(w) as f64, h.max(w) as f64);
         if max_side / min_side * size as f64 > max_size as f64 {
             // Python's round() rounds half to even.
-            size = (max_size as f64 * min_side / max_side).round_ties_even() as usize;
+            // At least one pixel (load_rgb refuses images thin enough to need it).
+            size = ((max_size as f64 * min_side / max_side).round_ties_even() as usize).max(1);
         }
     }
     if (w <= h && w == size) || (h <= w && h == size) {

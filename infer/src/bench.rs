@@ -162,7 +162,7 @@ pub fn bench_loader(config: &ZooConfig, data: &std::path::Path, batch: usize) ->
     let loader = zoo_train::loader::Loader::new(&folder, batch, size, augment, 0, false);
     let start = Instant::now();
     let mut images = 0;
-    for b in loader.epoch(0) {
+    for b in loader.epoch(0, 0) {
         images += b?.labels.len();
     }
     Ok(images as f64 / start.elapsed().as_secs_f64())

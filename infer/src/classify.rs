@@ -18,7 +18,7 @@ pub fn load_classifier(config: &ZooConfig, config_path: &Path, weights: &Path, d
     let Some(model) = Classifier::init(&config.model, device) else {
         bail!("{}: model arch `{}` is not a classifier", config_path.display(), config.model.arch());
     };
-    Ok(model.load(weights)?)
+    model.load(weights).map_err(|e| crate::weights_error(e, config_path))
 }
 
 #[derive(Debug, Serialize)]
@@ -53,7 +53,7 @@ pub fn classify(
     };
     let labels = config.labels()?;
     let mut logits = Vec::new();
-    let names = match inputs {
+    let names: Vec<String> = match inputs {
         Inputs::Npy(path) => {
             let x = npy::read_batch(path, device)?;
             let [b, c, h, w] = x.dims();
@@ -77,13 +77,11 @@ pub fn classify(
     };
     let logits = Tensor::cat(logits, 0);
     let [b, classes] = logits.dims();
-    if let Some(labels) = &labels
-        && labels.len() != classes
-    {
-        bail!("label file has {} lines but the model has {classes} classes", labels.len());
-    }
     let probs: Vec<f32> = softmax(logits.clone(), 1).into_data().try_into_vec().context("reading probabilities")?;
     let logits: Vec<f32> = logits.into_data().try_into_vec().context("reading logits")?;
+    if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+        bail!("the model's logits for {} hold NaN or infinite values: the computation overflowed", names[i / classes]);
+    }
     let top_k = probs
         .chunks(classes)
         .map(|p| {

@@ -130,7 +130,8 @@ fn run_detector_demo(out: &Path, epochs: Option<usize>, quiet: bool, device: &De
 
     // Class names by category id: 0 is unused, as in COCO.
     let labels = report.output_dir.join("classes.txt");
-    std::fs::write(&labels, std::iter::once("N/A").chain(OBJECTS).collect::<Vec<_>>().join("\n") + "\n")?;
+    std::fs::write(&labels, std::iter::once("N/A").chain(OBJECTS).collect::<Vec<_>>().join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", labels.display()))?;
     config.data.labels = Some(labels);
     let model = load_detr(&config, Path::new(DEMO_DETR_CONFIG_NAME), &report.best_model, device)?;
     let images: Vec<PathBuf> = (1..=4).map(|i| data.join("val").join(format!("{i:06}.png"))).collect();

@@ -24,15 +24,13 @@ pub fn detr_config<'a>(config: &'a ZooConfig, config_path: &Path) -> Result<&'a 
 }
 
 pub fn load_detr(config: &ZooConfig, config_path: &Path, weights: &Path, device: &Device) -> Result<Detr> {
-    Ok(load_weights(detr_config(config, config_path)?.init(device), weights)?)
+    load_weights(detr_config(config, config_path)?.init(device), weights)
+        .map_err(|e| crate::weights_error(e, config_path))
 }
 
 /// Class names by class index: the config's label file, else COCO's for 91-class models.
 pub fn class_names(config: &ZooConfig, num_classes: usize) -> Result<Vec<String>> {
     if let Some(labels) = config.labels()? {
-        if labels.len() != num_classes {
-            bail!("label file has {} lines but the model has {num_classes} classes", labels.len());
-        }
         return Ok(labels);
     }
     Ok((0..num_classes)
@@ -63,9 +61,14 @@ pub struct DetectOutput {
     pub detections: Vec<Vec<DetectionJson>>,
 }
 
-fn nested(t: Tensor<3>) -> Result<Vec<Vec<Vec<f32>>>> {
+/// `[B, Q, C]` on the host. A non-finite prediction (the weights and the input were checked) is
+/// an error, not a list of no detections.
+fn nested(t: Tensor<3>, what: &str) -> Result<Vec<Vec<Vec<f32>>>> {
     let [_, q, c] = t.dims();
     let values: Vec<f32> = t.into_data().convert::<f32>().try_into_vec().context("reading predictions")?;
+    if values.iter().any(|v| !v.is_finite()) {
+        bail!("the model's {what} hold NaN or infinite values: the computation overflowed");
+    }
     Ok(values.chunks(q * c).map(|img| img.chunks(c).map(<[f32]>::to_vec).collect()).collect())
 }
 
@@ -84,6 +87,8 @@ pub fn detect(
     let mut pictures = Vec::new();
     let mut run = |images: Tensor<4>, mask: Tensor<3, Bool>, sizes: &[(usize, usize)]| -> Result<()> {
         let prediction = model.forward(images, mask);
+        let logits = nested(prediction.logits.clone(), "pred_logits")?;
+        let boxes = nested(prediction.boxes.clone(), "pred_boxes")?;
         for dets in postprocess(&prediction, sizes) {
             let mut kept: Vec<DetectionJson> = dets
                 .into_iter()
@@ -98,8 +103,8 @@ pub fn detect(
             kept.sort_by(|a, b| b.score.total_cmp(&a.score));
             out.detections.push(kept);
         }
-        out.pred_logits.extend(nested(prediction.logits)?);
-        out.pred_boxes.extend(nested(prediction.boxes)?);
+        out.pred_logits.extend(logits);
+        out.pred_boxes.extend(boxes);
         Ok(())
     };
     match inputs {
@@ -125,10 +130,12 @@ pub fn detect(
     Ok((out, pictures))
 }
 
-/// Draws each image's detections and writes `<out_dir>/<stem>.detections.png`; returns the paths.
+/// Draws each image's detections and writes `<out_dir>/<stem>.detections.png` (`<stem>-2...`
+/// when two inputs share a name); returns the paths.
 pub fn draw_detections(out: &DetectOutput, pictures: Vec<RgbImage>, out_dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let mut written = Vec::new();
+    let mut used = std::collections::HashSet::new();
     for ((input, dets), mut img) in out.inputs.iter().zip(&out.detections).zip(pictures) {
         let scale = (img.width().max(img.height()) as i64 / 400).max(1);
         for d in dets.iter().rev() {
@@ -139,7 +146,9 @@ pub fn draw_detections(out: &DetectOutput, pictures: Vec<RgbImage>, out_dir: &Pa
             draw::label(&mut img, &text, x.round() as i64, (y.round() as i64 - 8 * scale - 2).max(0), scale, colour);
         }
         let stem = Path::new(input).file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-        let path = out_dir.join(format!("{stem}.detections.png"));
+        let name = (1..).map(|n| if n == 1 { stem.to_string() } else { format!("{stem}-{n}") });
+        let name = name.into_iter().find(|n| used.insert(n.clone())).expect("some name is free");
+        let path = out_dir.join(format!("{name}.detections.png"));
         img.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
     }

@@ -1,6 +1,6 @@
 //! Run-time choice among the backends compiled in by cargo feature.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 
 /// Backend names, best first, with the cargo feature that compiles each in.
@@ -24,19 +24,23 @@ fn is_compiled(name: &str) -> bool {
 /// The device named by `--device`, else by `BURN_DEVICE`, else the best compiled-in backend.
 pub fn select_device(flag: Option<&str>) -> Result<Device> {
     let env = std::env::var("BURN_DEVICE").ok().filter(|s| !s.is_empty());
-    let name = match flag.map(str::to_string).or(env) {
-        Some(name) => name,
-        None => match compiled_backends().first() {
-            Some(best) => best.to_string(),
+    match (flag, env) {
+        (Some(name), _) => device_named(&name.to_ascii_lowercase()).context("--device"),
+        (None, Some(name)) => device_named(&name.to_ascii_lowercase()).context("the environment variable BURN_DEVICE"),
+        (None, None) => match compiled_backends().first() {
+            Some(best) => device_named(best),
             None => bail!("no backend compiled in: build with one of the features flex, ndarray, wgpu, tch"),
         },
-    };
-    device_named(&name.to_ascii_lowercase())
+    }
 }
 
 /// The devices of a config's `train.devices` list (`wgpu:N` is the N-th discrete GPU).
 pub fn devices_named(names: &[String]) -> Result<Vec<Device>> {
-    names.iter().map(|n| device_named(&n.to_ascii_lowercase())).collect()
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| device_named(&n.to_ascii_lowercase()).with_context(|| format!("train.devices[{i}]")))
+        .collect()
 }
 
 #[allow(deprecated, unreachable_code)]
@@ -79,11 +83,11 @@ mod tests {
 
     #[test]
     fn unknown_and_missing_backends_are_clear_errors() {
-        let err = select_device(Some("cuda")).unwrap_err().to_string();
+        let err = format!("{:#}", select_device(Some("cuda")).unwrap_err());
         assert!(err.contains("unknown device `cuda`"), "{err}");
         for (name, feature) in BACKENDS {
             if !is_compiled(name) {
-                let err = select_device(Some(name)).unwrap_err().to_string();
+                let err = format!("{:#}", select_device(Some(name)).unwrap_err());
                 assert!(err.contains(&format!("--features {feature}")), "{err}");
             }
         }

@@ -51,6 +51,9 @@ pub fn eval_detr(
 ) -> Result<CocoEvalResult> {
     let detr = detr_config(config, config_path)?;
     let set = CocoDetection::open(annotations, images)?;
+    if let Some(unknown) = set.unknown_categories() {
+        eprintln!("warning: {unknown}; as pycocotools does, they are not scored");
+    }
     let files = set.files();
     let transform = DetrTransform::new(detr.eval_short_side, detr.eval_max_side, &config.data);
     let dets = coco_detections(model, &files, &transform, config.eval.batch_size, device, &bar(files.len(), "eval"))?;
@@ -87,6 +90,15 @@ pub fn eval_classifier(
     let model = load_classifier(config, config_path, weights, device)?;
     let size = config.model.image_size().context("not a classifier")?;
     let folder = ImageFolder::open(data, false)?;
+    if folder.classes.len() != config.model.num_classes() {
+        anyhow::bail!(
+            "{} has {} class folders but the model of {} has model.num_classes = {}",
+            data.display(),
+            folder.classes.len(),
+            config_path.display(),
+            config.model.num_classes()
+        );
+    }
     let loader = Loader::new(
         &folder,
         config.eval.batch_size,

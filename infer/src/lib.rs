@@ -1,5 +1,6 @@
 //! The `zoo` command's building blocks: device selection, classification, conversion.
 
+pub mod attention;
 pub mod bench;
 pub mod classify;
 pub mod demo;
@@ -20,4 +21,16 @@ pub enum Inputs {
     Images(Vec<PathBuf>),
     /// One preprocessed float32 `[B, 3, H, W]` batch.
     Npy(PathBuf),
+}
+
+/// A checkpoint that does not fit the model is also a question about the config that describes
+/// the model: the error says which file that is.
+pub fn weights_error(error: zoo_models::ImportError, config: &std::path::Path) -> anyhow::Error {
+    match error {
+        zoo_models::ImportError::Mismatch { .. } => anyhow::anyhow!(
+            "{error}\n(the model is built from the [model] section of {}: do its sizes match the checkpoint's?)",
+            config.display()
+        ),
+        error => error.into(),
+    }
 }

@@ -1,10 +1,14 @@
 //! `zoo`: the model zoo's one command.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use zoo_infer::Inputs;
+use zoo_infer::attention::{AttentionOptions, classifier_attention, detr_attention};
 use zoo_infer::bench::{BenchOptions, bench, bench_loader};
 use zoo_infer::classify::{classify, load_classifier};
 use zoo_infer::coco_eval::{CocoGroundTruth, evaluate, load_detections};
@@ -143,6 +147,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Where a model looks: every layer's attention probabilities (--npy-out) and heat maps over
+    /// the images (--out): ViT/TNT the last layer's class-token attention per head and attention
+    /// rollout (TNT also one patch's inner attention); DETR each detection's cross-attention and
+    /// the encoder's self-attention from reference points. All inputs run as one batch.
+    Attention {
+        #[command(flatten)]
+        run: ModelRun,
+        /// Write the heat maps here (PNG, `<image>.<map>.png` and `<image>.sheet.png`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write every layer's probabilities here as float32 .npy: `attn_{i}` [B, heads, N, N]
+        /// (N counts the class token), `inner_attn_{i}` [B * patches, heads, pixels, pixels];
+        /// DETR `encoder_attn_{i}` [B, heads, HW, HW], `decoder_self_attn_{i}` [B, heads, Q, Q],
+        /// `decoder_cross_attn_{i}` [B, heads, Q, HW] (HW row-major over the feature map).
+        #[arg(long)]
+        npy_out: Option<PathBuf>,
+        /// DETR: draw the detections scoring at least this.
+        #[arg(long, default_value_t = 0.7)]
+        threshold: f32,
+        /// DETR: reference points `x,y` (image pixels) for the encoder's self-attention; default
+        /// the centres of the detections (at most four), else the image centre.
+        #[arg(long, num_args = 1.., value_parser = point)]
+        points: Vec<(f32, f32)>,
+        /// TNT: the patch (row-major, from 0) whose inner attention is drawn; default the centre.
+        #[arg(long)]
+        patch: Option<usize>,
+    },
     /// Convert a checkpoint (.safetensors, .pth) of any zoo model to burnpack (.bpk), which loads faster.
     Convert {
         #[arg(long)]
@@ -228,13 +259,59 @@ fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A point `x,y` of finite coordinates.
+fn point(text: &str) -> Result<(f32, f32), String> {
+    let parsed =
+        text.split_once(',').and_then(|(x, y)| Some((x.trim().parse::<f32>().ok()?, y.trim().parse::<f32>().ok()?)));
+    match parsed {
+        Some((x, y)) if x.is_finite() && y.is_finite() => Ok((x, y)),
+        _ => Err(format!("`{text}` is not a point x,y in pixels")),
+    }
+}
+
 fn main() {
     keep_freed_memory();
     compute_on_main_thread();
     if let Err(e) = run(Cli::parse()) {
+        // A reader that went away (`zoo classify ... | head`) ends the program quietly, as
+        // command-line tools do.
+        let broken_pipe = e
+            .chain()
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe));
+        if broken_pipe {
+            std::process::exit(0);
+        }
+        // Ctrl-C during training: the checkpoint is written, which is what the user asked for.
+        if e.chain().any(|c| c.is::<zoo_train::engine::Interrupted>()) {
+            eprintln!("{e:#}");
+            std::process::exit(130);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// A flag that the first Ctrl-C (or SIGTERM) sets, so that training finishes its step and writes
+/// a checkpoint; a second one ends the program at once.
+fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopped without a checkpoint of this epoch");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step to write a checkpoint (Ctrl-C again to stop at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+/// Writes `text` to standard output; a failure (a closed pipe, a full disk) is an error rather
+/// than `println!`'s panic.
+fn emit(text: String) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).context("cannot write to standard output")
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -245,35 +322,36 @@ fn run(cli: Cli) -> Result<()> {
             let model = load_classifier(&cfg, &run.config, &run.weights, &device)?;
             let result = classify(&model, &cfg, &run.inputs(), top_k, &device)?;
             if json {
-                println!("{}", serde_json::to_string(&result)?);
+                emit(format!("{}\n", serde_json::to_string(&result)?))?;
             } else {
-                print!("{}", result.to_text());
+                emit(result.to_text())?;
             }
         }
         Command::Train { config, resume, device } => {
             let device = select_device(device.device.as_deref())?;
             let cfg = ZooConfig::from_file(&config)?;
-            let devices = devices_named(cfg.train.as_ref().map_or(&[][..], |t| &t.devices[..]))?;
-            let options = TrainOptions { resume, devices, ..Default::default() };
+            let devices = devices_named(cfg.train.as_ref().map_or(&[][..], |t| &t.devices[..]))
+                .with_context(|| format!("config {}", config.display()))?;
+            let options = TrainOptions { resume, devices, stop: Some(stop_on_ctrl_c()?), ..Default::default() };
             let context = || format!("training {}", config.display());
             if let ModelConfig::Detr(_) = cfg.model {
                 let report = train_detr(&cfg, &device, &options).with_context(context)?;
-                println!(
-                    "best validation AP {:.3} at epoch {}; weights: {} (best), {} (last)",
+                emit(format!(
+                    "best validation AP {:.3} at epoch {}; weights: {} (best), {} (last)\n",
                     report.best_ap,
                     report.best_epoch,
                     report.best_model.display(),
                     report.last_model.display()
-                );
+                ))?;
             } else {
                 let report = train_classifier(&cfg, &device, &options).with_context(context)?;
-                println!(
-                    "best validation top-1 {:.2}% at epoch {}; weights: {} (best), {} (last)",
+                emit(format!(
+                    "best validation top-1 {:.2}% at epoch {}; weights: {} (best), {} (last)\n",
                     100.0 * report.best_top1,
                     report.best_epoch,
                     report.best_model.display(),
                     report.last_model.display()
-                );
+                ))?;
             }
         }
         Command::Demo { out, epochs, train_per_class, detr_epochs, device } => {
@@ -295,10 +373,26 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             if json {
-                println!("{}", serde_json::to_string(&result)?);
+                emit(format!("{}\n", serde_json::to_string(&result)?))?;
             } else {
-                print!("{}", result.to_text());
+                emit(result.to_text())?;
             }
+        }
+        Command::Attention { run, out, npy_out, threshold, points, patch } => {
+            let device = select_device(run.device.device.as_deref())?;
+            let cfg = ZooConfig::from_file(&run.config)?;
+            let opts = AttentionOptions { out, npy_out, threshold, points, patch };
+            let report = if let ModelConfig::Detr(_) = cfg.model {
+                let model = load_detr(&cfg, &run.config, &run.weights, &device)?;
+                detr_attention(&model, &cfg, &run.config, &run.inputs(), &opts, &device)?
+            } else {
+                let model = load_classifier(&cfg, &run.config, &run.weights, &device)?;
+                classifier_attention(&model, &cfg, &run.inputs(), &opts, &device)?
+            };
+            let mut text: String = report.summary.iter().map(|l| format!("{l}\n")).collect();
+            text.push_str(&format!("wrote {} files:\n", report.written.len()));
+            text.extend(report.written.iter().map(|p| format!("  {}\n", p.display())));
+            emit(text)?;
         }
         Command::Convert { config, weights, out } => {
             if out.extension().and_then(|e| e.to_str()) != Some("bpk") {
@@ -311,7 +405,7 @@ fn run(cli: Cli) -> Result<()> {
                 _ => load_classifier(&cfg, &config, &weights, &device)?.save(&out),
             };
             saved.with_context(|| format!("converting {}", weights.display()))?;
-            println!("wrote {}", out.display());
+            emit(format!("wrote {}\n", out.display()))?;
         }
         Command::Eval { config, weights, annotations, images, results_out, data, json, device } => {
             let device = select_device(device.device.as_deref())?;
@@ -322,25 +416,25 @@ fn run(cli: Cli) -> Result<()> {
                     let result =
                         eval_detr(&model, &cfg, &config, &annotations, &images, results_out.as_deref(), &device)?;
                     if json {
-                        println!("{}", serde_json::to_string(&result.to_json())?);
+                        emit(format!("{}\n", serde_json::to_string(&result.to_json())?))?;
                     } else {
-                        println!("{}", result.summary());
+                        emit(format!("{}\n", result.summary()))?;
                     }
                 }
                 (ModelConfig::Detr(_), ..) => bail!("evaluating DETR needs --annotations and --images"),
                 (_, None, None, Some(data)) => {
                     let r = eval_classifier(&cfg, &config, &weights, &data, &device)?;
                     if json {
-                        println!("{}", serde_json::to_string(&r)?);
+                        emit(format!("{}\n", serde_json::to_string(&r)?))?;
                     } else {
-                        println!(
-                            "{} images: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}, {:.1} images/s",
+                        emit(format!(
+                            "{} images: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}, {:.1} images/s\n",
                             r.images,
                             100.0 * r.top1,
                             100.0 * r.top5,
                             r.loss,
                             r.images_per_sec
-                        );
+                        ))?;
                     }
                 }
                 _ => bail!("evaluating a classifier needs --data <folder of class folders>"),
@@ -351,9 +445,9 @@ fn run(cli: Cli) -> Result<()> {
             let dets = load_detections(&detections, &gt)?;
             let result = evaluate(&gt, &dets);
             if json {
-                println!("{}", serde_json::to_string(&result.to_json())?);
+                emit(format!("{}\n", serde_json::to_string(&result.to_json())?))?;
             } else {
-                println!("{}", result.summary());
+                emit(format!("{}\n", result.summary()))?;
             }
         }
         Command::Bench { config, batch, iters, warmup, train, loader_data, detr_size, json, device } => {
@@ -361,16 +455,16 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = ZooConfig::from_file(&config)?;
             if let Some(data) = loader_data {
                 let rate = bench_loader(&cfg, &data, batch)?;
-                println!("training loader over {}: {rate:.1} images/s", data.display());
+                emit(format!("training loader over {}: {rate:.1} images/s\n", data.display()))?;
                 return Ok(());
             }
             let options = BenchOptions { batch, iters, warmup, train, detr_size: (detr_size[0], detr_size[1]) };
             let r = bench(&cfg, &device, &options)?;
             if json {
-                println!("{}", serde_json::to_string(&r)?);
+                emit(format!("{}\n", serde_json::to_string(&r)?))?;
             } else {
-                println!(
-                    "{} {} on {}: batch {} of {:?}: {:.2} images/s, {:.1} ms per batch, peak RSS {:.0} MiB",
+                emit(format!(
+                    "{} {} on {}: batch {} of {:?}: {:.2} images/s, {:.1} ms per batch, peak RSS {:.0} MiB\n",
                     config.display(),
                     r.mode,
                     r.device,
@@ -379,10 +473,10 @@ fn run(cli: Cli) -> Result<()> {
                     r.images_per_sec,
                     r.ms_per_batch,
                     r.peak_rss_mb
-                );
+                ))?;
             }
         }
-        Command::Devices => println!("{}", compiled_backends().join("\n")),
+        Command::Devices => emit(format!("{}\n", compiled_backends().join("\n")))?,
     }
     Ok(())
 }

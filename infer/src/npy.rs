@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
+use npyz::WriterBuilder;
 
 /// Reads a float32 `[B, C, H, W]` batch.
 pub fn read_batch(path: &Path, device: &Device) -> Result<Tensor<4>> {
@@ -21,9 +22,42 @@ pub fn read_batch(path: &Path, device: &Device) -> Result<Tensor<4>> {
     let [_, _, _, _] = shape[..] else {
         bail!("input {}: shape {shape:?} given, [batch, channels, height, width] expected", path.display());
     };
+    if shape.contains(&0) {
+        bail!("input {}: shape {shape:?} is empty, every dimension must be at least 1", path.display());
+    }
+    // The header alone says how much to allocate: it must describe the bytes the file holds.
+    let values_bytes = shape.iter().try_fold(4usize, |n, &d| n.checked_mul(d));
+    if values_bytes.is_none_or(|n| n > bytes.len()) {
+        bail!(
+            "input {}: its header declares shape {shape:?}, more values than the file's {} bytes hold",
+            path.display(),
+            bytes.len()
+        );
+    }
     let values: Vec<f32> =
         npy.into_vec().with_context(|| format!("input {}: cannot read its values", path.display()))?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        let count = values.iter().filter(|v| !v.is_finite()).count();
+        let (w, h, c) = (shape[3], shape[2], shape[1]);
+        let at = [i / (c * h * w), i / (h * w) % c, i / w % h, i % w];
+        bail!("input {}: {count} values are not finite (NaN or infinite), the first at {at:?}", path.display());
+    }
     Ok(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+/// Writes `values` as a float32 `.npy` array of `shape` (C order).
+pub fn write(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
+    let write_err = || format!("cannot write {}", path.display());
+    let file = std::io::BufWriter::new(std::fs::File::create(path).with_context(write_err)?);
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut writer = npyz::WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(file)
+        .begin_nd()
+        .with_context(write_err)?;
+    writer.extend(values.iter().copied()).with_context(write_err)?;
+    writer.finish().with_context(write_err)
 }
 
 #[cfg(test)]

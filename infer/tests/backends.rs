@@ -316,3 +316,57 @@ fn a_detr_training_step_agrees_with_flex_on_every_backend() {
     let (loss, grad) = detr_step(&Device::flex());
     check_step("detr_tiny", "flex", &detr_step, (loss, &grad));
 }
+
+/// The models' recorded attention probabilities of every layer against the references' (timm's
+/// `attn_drop` input, transformers' `output_attentions`; scripts/make_attention_fixtures.py):
+/// each kind `{kind}_{i}.npy` in the fixture's `attention/` folder, every row a distribution.
+fn check_attention(case: &str, backend: &str, maps: zoo_models::cpu::AttentionMaps) -> Vec<(String, Vec<f32>)> {
+    let mut checked = Vec::new();
+    for (kind, layers) in maps.into_inner() {
+        for (i, probs) in layers.into_iter().enumerate() {
+            let dims = probs.dims();
+            let ours = values(probs);
+            let (shape, reference) = read_npy::<f32>(&fixture(case).join(format!("attention/{kind}_{i}.npy")));
+            assert_eq!(dims.to_vec(), shape, "{case} {kind}_{i} on {backend}: shape");
+            let diff = max_abs_diff(&ours, &reference);
+            let worst_row = ours.chunks(dims[3]).map(|r| (r.iter().sum::<f32>() - 1.0).abs()).fold(0.0, f32::max);
+            println!(
+                "{case} {kind}_{i} on {backend}: max |ours - reference| = {diff:e}, rows sum to 1 within {worst_row:e}"
+            );
+            assert!(diff < 1e-5 && worst_row < 1e-5, "{case} {kind}_{i} on {backend}: {diff:e}, rows {worst_row:e}");
+            checked.push((format!("{kind}_{i}"), ours));
+        }
+    }
+    checked
+}
+
+#[test]
+fn attention_probabilities_agree_with_the_references_on_every_backend() {
+    for (backend, device) in devices() {
+        for (case, kinds) in [("vit_tiny", 2), ("tnt_tiny", 4)] {
+            let x = npy_tensor(&fixture(case).join("input.npy"), &device);
+            let (logits, maps) = classifier(case, &device).forward_attention(x.clone());
+            // Recording changes nothing of the output.
+            let plain = values(classifier(case, &device).forward(x));
+            assert!(max_abs_diff(&values(logits), &plain) < 1e-5, "{case} on {backend}: recorded logits differ");
+            assert_eq!(check_attention(case, backend, maps).len(), kinds, "{case}: every layer recorded");
+        }
+        let (images, mask) = detr_input(&device);
+        let result = detr(&device).forward_attention(images, mask);
+        assert_eq!(result.feature_size, [3, 4]);
+        let checked = check_attention("detr_tiny", backend, result.maps);
+        assert_eq!(checked.len(), 6, "every DETR layer recorded");
+        // The second image is valid on 64 x 96 of 96 x 128 pixels: on the 3 x 4 feature map its
+        // third row and fourth column are padding, which no query may attend to.
+        for (name, probs) in checked.iter().filter(|(n, _)| n.starts_with("encoder") || n.contains("cross")) {
+            let rows = probs.len() / 2 / 12;
+            for row in probs[rows * 12..].chunks(12) {
+                for (key, p) in row.iter().enumerate() {
+                    if key / 4 == 2 || key % 4 == 3 {
+                        assert_eq!(*p, 0.0, "{name} on {backend}: padding key {key} has weight {p}");
+                    }
+                }
+            }
+        }
+    }
+}

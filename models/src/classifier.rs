@@ -5,6 +5,7 @@ use std::path::Path;
 use burn::prelude::*;
 
 use crate::config::ModelConfig;
+use crate::cpu::AttentionMaps;
 use crate::import::{ImportError, load_weights, load_weights_for_finetuning, save_burnpack};
 use crate::tnt::Tnt;
 use crate::vit::Vit;
@@ -33,6 +34,17 @@ impl Classifier {
             Classifier::Vit(m) => m.forward(images),
             Classifier::Tnt(m) => m.forward(images),
         }
+    }
+
+    /// Logits and every layer's attention probabilities: `attn` `[B, heads, 1 + N, 1 + N]` (the
+    /// class token first), and for TNT `inner_attn` `[B * N, heads, pixels, pixels]`.
+    pub fn forward_attention(&self, images: Tensor<4>) -> (Tensor<2>, AttentionMaps) {
+        let maps = AttentionMaps::default();
+        let logits = match self {
+            Classifier::Vit(m) => m.forward_head(m.forward_features_recording(images, Some(&maps)), false),
+            Classifier::Tnt(m) => m.forward_head(m.forward_features_recording(images, Some(&maps)), false),
+        };
+        (logits, maps)
     }
 
     /// Parameters trained without weight decay, as a regex over parameter paths.

@@ -1,8 +1,12 @@
 //! What the ViT-family models (ViT, TNT) share in their configs: the pooling before the head,
-//! the serde defaults and the patch-grid check.
+//! the serde defaults and the checks of their sizes.
+
+use std::ops::Bound;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::check;
 
 /// How the token sequence `[B, 1 + N, D]` (class token first) becomes one feature vector before
 /// the head, as timm's `global_pool`.
@@ -46,12 +50,62 @@ pub(crate) mod defaults {
     }
 }
 
-/// The image must cut into whole patches.
-pub(crate) fn check_patch_grid(image_size: usize, patch_size: usize) -> Result<(), String> {
+/// Upper bounds of the ViT-family sizes: far beyond every published model, small enough that a
+/// config cannot ask for more memory than a machine holds.
+pub(crate) const MAX_IMAGE_SIZE: usize = 4096;
+pub(crate) const MAX_WIDTH: usize = 16384;
+pub(crate) const MAX_DEPTH: usize = 256;
+pub(crate) const MAX_CLASSES: usize = 1 << 20;
+/// Patches per image (attention is quadratic in them): a 2048-pixel image in 16-pixel patches.
+pub(crate) const MAX_PATCHES: usize = 16384;
+
+/// The input: `image_size`, `patch_size` and `in_channels`; returns the patches per side.
+pub(crate) fn check_input(image_size: usize, patch_size: usize, in_channels: usize) -> Result<usize, String> {
+    check::count("model.image_size", image_size, MAX_IMAGE_SIZE)?;
+    check::count("model.in_channels", in_channels, 64)?;
     if patch_size == 0 || !image_size.is_multiple_of(patch_size) {
         return Err(format!(
             "model.image_size = {image_size} must be a positive multiple of model.patch_size = {patch_size}"
         ));
     }
+    let grid = image_size / patch_size;
+    if grid * grid > MAX_PATCHES {
+        return Err(format!(
+            "model.image_size = {image_size} in patches of model.patch_size = {patch_size} makes {} patches, more \
+             than the {MAX_PATCHES} attention can hold",
+            grid * grid
+        ));
+    }
+    Ok(grid)
+}
+
+/// A token width `dim_field = dim` split over `heads_field = heads` attention heads.
+pub(crate) fn check_heads(dim_field: &str, dim: usize, heads_field: &str, heads: usize) -> Result<(), String> {
+    check::count(dim_field, dim, MAX_WIDTH)?;
+    check::count(heads_field, heads, dim)?;
+    if !dim.is_multiple_of(heads) {
+        return Err(format!("{dim_field} = {dim} must be divisible by {heads_field} = {heads}"));
+    }
     Ok(())
+}
+
+/// `model.mlp_ratio` must give the MLP of `dim_field = dim` a hidden width of at least 1.
+pub(crate) fn check_mlp_ratio(mlp_ratio: f64, dim_field: &str, dim: usize) -> Result<(), String> {
+    check::number("model.mlp_ratio", mlp_ratio, (Bound::Excluded(0.0), Bound::Included(64.0)))?;
+    if mlp_hidden(dim, mlp_ratio) == 0 {
+        return Err(format!("model.mlp_ratio = {mlp_ratio} gives the MLP of {dim_field} = {dim} no hidden units"));
+    }
+    Ok(())
+}
+
+/// The hidden width of an MLP over `dim` features, as timm computes it.
+pub(crate) fn mlp_hidden(dim: usize, mlp_ratio: f64) -> usize {
+    (dim as f64 * mlp_ratio) as usize
+}
+
+/// Depth, classes and the layer norms' epsilon.
+pub(crate) fn check_depth_classes_eps(depth: usize, num_classes: usize, layer_norm_eps: f64) -> Result<(), String> {
+    check::count("model.depth", depth, MAX_DEPTH)?;
+    check::count("model.num_classes", num_classes, MAX_CLASSES)?;
+    check::number("model.layer_norm_eps", layer_norm_eps, (Bound::Excluded(0.0), Bound::Included(1.0)))
 }

@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::detr::DetrConfig;
 use crate::tnt::TntConfig;
@@ -13,7 +14,7 @@ use crate::vit::VitConfig;
 
 /// The architecture and its hyper-parameters; `arch = "vit"` selects [`VitConfig`], `"tnt"`
 /// [`TntConfig`], `"detr"` [`DetrConfig`].
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(tag = "arch", rename_all = "snake_case")]
 pub enum ModelConfig {
     Vit(VitConfig),
@@ -71,6 +72,32 @@ impl ModelConfig {
         let section: ModelSection = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         section.model.validate().map_err(invalid)?;
         Ok(section.model)
+    }
+}
+
+/// The section is read as a table, then as the config of its `arch`, so that an error names its
+/// field (`model.embed_dim: invalid type ...`): serde's tagged enums lose the field's name.
+impl<'de> Deserialize<'de> for ModelConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let arch = match table.remove("arch") {
+            Some(toml::Value::String(arch)) => arch,
+            Some(other) => return Err(D::Error::custom(format!("model.arch = {other} must be a string"))),
+            None => return Err(D::Error::custom("model.arch is missing: give \"vit\", \"tnt\" or \"detr\"")),
+        };
+        fn section<T: DeserializeOwned>(table: toml::Table) -> Result<T, String> {
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| match e.path().to_string() {
+                root if root == "." => format!("model: {}", e.inner()),
+                field => format!("model.{field}: {}", e.inner()),
+            })
+        }
+        match arch.as_str() {
+            "vit" => section(table).map(ModelConfig::Vit),
+            "tnt" => section(table).map(ModelConfig::Tnt),
+            "detr" => section(table).map(ModelConfig::Detr),
+            other => Err(format!("model.arch = \"{other}\" is not one of \"vit\", \"tnt\", \"detr\"")),
+        }
+        .map_err(D::Error::custom)
     }
 }
 

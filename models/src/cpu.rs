@@ -1,7 +1,8 @@
 //! Fused inference kernels for the `flex` CPU backend.
 //!
 //! The models call [`linear`], [`gelu`], [`conv2d`], [`max_pool2d`], [`channel_affine`] and
-//! [`attention`] instead of Burn's ops. On a flex
+//! [`attend`] (which records attention probabilities when asked, else calls [`attention`])
+//! instead of Burn's ops. On a flex
 //! tensor outside autodiff (inference, validation) they run the kernels below; anywhere else
 //! (GPU, libtorch, ndarray, training) they fall back to Burn's ops, so every backend computes
 //! the same function and training differentiates through Burn as usual.
@@ -198,24 +199,74 @@ pub fn attention(
 pub fn attention_by_ops((q, k, v, key_padding_mask): AttentionArgs, num_heads: usize) -> Tensor<3> {
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
-    // `[B, N, heads * d]` -> `[B, heads, N, d]`.
-    let split_heads = |x: Tensor<3>| {
-        let [b, n, c] = x.dims();
-        x.reshape([b, n, num_heads, c / num_heads]).swap_dims(1, 2)
-    };
     let [b, nq, c] = q.dims();
-    let nk = k.dims()[1];
-    // The padding mask goes in as an additive bias (-inf on ignored keys, 0 elsewhere), not as
-    // the op's boolean mask: burn-tch 0.22.1 hands that mask straight to libtorch's
-    // `scaled_dot_product_attention`, where `true` means "attend" (Burn's means "ignore"), so
-    // every mask came out inverted on libtorch. Burn's own attention adds the bias right after
-    // its masking step, so the other backends compute the same numbers either way.
-    let bias = key_padding_mask.map(|mask| {
-        let bias = Tensor::<2>::zeros([b, nk], &mask.device()).mask_fill(mask, f32::NEG_INFINITY);
-        bias.reshape([b, 1, 1, nk]).expand([b, num_heads, nq, nk])
-    });
-    let out = attention(split_heads(q), split_heads(k), split_heads(v), None, bias, AttentionModuleOptions::default());
+    let bias = key_padding_mask.map(|mask| padding_bias(mask, num_heads, nq));
+    let (q, k, v) = (split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads));
+    let out = attention(q, k, v, None, bias, AttentionModuleOptions::default());
     out.swap_dims(1, 2).reshape([b, nq, c])
+}
+
+/// `[B, N, heads * d]` -> `[B, heads, N, d]`.
+fn split_heads(x: Tensor<3>, num_heads: usize) -> Tensor<4> {
+    let [b, n, c] = x.dims();
+    x.reshape([b, n, num_heads, c / num_heads]).swap_dims(1, 2)
+}
+
+/// The key padding mask `[B, Nk]` as an additive bias `[B, heads, Nq, Nk]`: -inf on ignored
+/// keys, 0 elsewhere. Not the attention op's boolean mask: burn-tch 0.22.1 hands that mask
+/// straight to libtorch's `scaled_dot_product_attention`, where `true` means "attend" (Burn's
+/// means "ignore"), so every mask came out inverted on libtorch. Burn's own attention adds the
+/// bias right after its masking step, so the other backends compute the same numbers either way.
+fn padding_bias(mask: Tensor<2, Bool>, num_heads: usize, nq: usize) -> Tensor<4> {
+    let [b, nk] = mask.dims();
+    let bias = Tensor::<2>::zeros([b, nk], &mask.device()).mask_fill(mask, f32::NEG_INFINITY);
+    bias.reshape([b, 1, 1, nk]).expand([b, num_heads, nq, nk])
+}
+
+/// The attention probabilities of a forward pass, collected when the pass is given one: for each
+/// kind of attention (`attn`, `inner_attn`, `encoder_attn`, `decoder_self_attn`,
+/// `decoder_cross_attn`) one `[B, heads, Nq, Nk]` tensor per layer, in layer order. A forward pass
+/// without one runs the fused kernels and computes no probabilities.
+#[derive(Debug, Default)]
+pub struct AttentionMaps {
+    maps: std::cell::RefCell<std::collections::BTreeMap<&'static str, Vec<Tensor<4>>>>,
+}
+
+impl AttentionMaps {
+    /// The recorded layers of `kind`, in order.
+    pub fn layers(&self, kind: &str) -> Vec<Tensor<4>> {
+        self.maps.borrow().get(kind).cloned().unwrap_or_default()
+    }
+
+    /// Every kind with its layers, kinds in alphabetical order.
+    pub fn into_inner(self) -> std::collections::BTreeMap<&'static str, Vec<Tensor<4>>> {
+        self.maps.into_inner()
+    }
+}
+
+/// Where [`attend`] puts its probabilities: the maps and the kind of attention.
+pub type Record<'a> = Option<(&'a AttentionMaps, &'static str)>;
+
+/// [`attention`], the one entry point of the models' attention layers: with a `record`, computed
+/// by explicit ops (scores, softmax, weighted sum) whose probabilities are added to it; without,
+/// by [`attention`]'s kernels.
+pub fn attend(args: AttentionArgs, num_heads: usize, record: Record) -> Tensor<3> {
+    let Some((maps, kind)) = record else {
+        let (q, k, v, mask) = args;
+        return attention(q, k, v, num_heads, mask);
+    };
+    let (q, k, v, key_padding_mask) = args;
+    let [b, nq, c] = q.dims();
+    let head_dim = c / num_heads;
+    let (q, k, v) = (split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads));
+    let scores = q.matmul(k.swap_dims(2, 3)) * (head_dim as f64).powf(-0.5);
+    let scores = match key_padding_mask {
+        Some(mask) => scores + padding_bias(mask, num_heads, nq),
+        None => scores,
+    };
+    let probs = burn::tensor::activation::softmax(scores, 3);
+    maps.maps.borrow_mut().entry(kind).or_default().push(probs.clone());
+    probs.matmul(v).swap_dims(1, 2).reshape([b, nq, c])
 }
 
 #[cfg(all(test, feature = "flex"))]

@@ -33,6 +33,8 @@ pub enum ImportError {
     Read { path: PathBuf, message: String },
     #[error("weights {path} do not fit this model: {message}")]
     Mismatch { path: PathBuf, message: String },
+    #[error("weights {path} are not finite: {message}")]
+    NotFinite { path: PathBuf, message: String },
     #[error("cannot write weights {path}: {message}")]
     Write { path: PathBuf, message: String },
 }
@@ -113,7 +115,39 @@ fn load_weights_with_head<M: Checkpoint>(
         result.missing.retain(|(k, _)| !k.starts_with(&prefix));
     }
     check_applied(&result, path)?;
+    check_finite(&model, path)?;
     Ok(model)
+}
+
+/// Every float parameter must be finite: one NaN or infinity in the weights turns every output
+/// into NaN, which a classifier would otherwise report as "class 0" without an error.
+fn check_finite<M: ModuleSnapshot>(model: &M, path: &Path) -> Result<(), ImportError> {
+    let bad = non_finite_parameters(model);
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let message = format!("{} parameters hold NaN or infinite values: {}", bad.len(), list(&bad));
+    Err(ImportError::NotFinite { path: path.to_path_buf(), message })
+}
+
+/// The float parameters of `model` that hold NaN or infinite values, as `name (count values)`.
+pub fn non_finite_parameters<M: ModuleSnapshot>(model: &M) -> Vec<String> {
+    let mut bad = Vec::new();
+    for pack in model.collect(None, None, false) {
+        let name = pack.name.clone();
+        let count = match bridge::into_data(pack) {
+            Ok(data) if data.dtype().is_float() => data.iter::<f32>().filter(|v| !v.is_finite()).count(),
+            Ok(_) => 0,
+            Err(e) => {
+                bad.push(format!("{name} (unreadable: {e})"));
+                continue;
+            }
+        };
+        if count > 0 {
+            bad.push(format!("{name} ({count} values)"));
+        }
+    }
+    bad
 }
 
 fn read_checkpoint(path: &Path, format: Format) -> Result<Tensors, ImportError> {

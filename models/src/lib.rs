@@ -2,6 +2,7 @@
 //! with weight import from the checkpoints their reference implementations write.
 
 pub mod box_ops;
+pub mod check;
 pub mod classifier;
 pub mod common;
 pub mod config;

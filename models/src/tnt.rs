@@ -11,8 +11,11 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{GlobalPool, check_patch_grid, defaults};
-use crate::cpu::{attention, linear};
+use crate::check;
+use crate::common::{
+    GlobalPool, check_depth_classes_eps, check_heads, check_input, check_mlp_ratio, defaults, mlp_hidden,
+};
+use crate::cpu::{AttentionMaps, Record, attend, linear};
 use crate::import::{Checkpoint, Tensors};
 use crate::layers::{Mlp, timm_init, timm_linear};
 use crate::resample::fit_pos_embed;
@@ -56,19 +59,23 @@ fn default_layer_norm_eps() -> f64 {
 }
 
 impl TntConfig {
+    /// Checks the hyper-parameters; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        check_patch_grid(self.image_size, self.patch_size)?;
-        for (name, dim, heads) in
-            [("embed_dim", self.embed_dim, self.num_heads_outer), ("inner_dim", self.inner_dim, self.num_heads_inner)]
-        {
-            if heads == 0 || dim % heads != 0 {
-                return Err(format!("model.{name} = {dim} must be divisible by its number of heads {heads}"));
-            }
-        }
-        if self.depth == 0 || self.num_classes == 0 || self.first_stride == 0 {
-            return Err("model.depth, model.num_classes and model.first_stride must be positive".into());
-        }
-        Ok(())
+        let grid = check_input(self.image_size, self.patch_size, self.in_channels)?;
+        check::count("model.first_stride", self.first_stride, self.patch_size)?;
+        check_heads("model.embed_dim", self.embed_dim, "model.num_heads_outer", self.num_heads_outer)?;
+        check_heads("model.inner_dim", self.inner_dim, "model.num_heads_inner", self.num_heads_inner)?;
+        check_mlp_ratio(self.mlp_ratio, "model.embed_dim", self.embed_dim)?;
+        check_depth_classes_eps(self.depth, self.num_classes, self.layer_norm_eps)?;
+        // Per block: the inner transformer (12 di^2 with its 4x MLP), the projection of a patch's
+        // pixel tokens (p di d) and the outer transformer (4 d^2 + 2 d h).
+        let (d, di) = (self.embed_dim as f64, self.inner_dim as f64);
+        let h = mlp_hidden(self.embed_dim, self.mlp_ratio) as f64;
+        let pixels = (self.pixel_grid() * self.pixel_grid()) as f64;
+        check::parameters(
+            (self.depth + 1) as f64 * (12.0 * di * di + pixels * di * d + 4.0 * d * d + 2.0 * d * h)
+                + ((grid * grid + 1) as f64 + self.num_classes as f64) * d,
+        )
     }
 
     /// Pixel tokens per patch side: ceil(patch / stride).
@@ -114,7 +121,7 @@ impl TntConfig {
                     norm_out: norm(d),
                     attn_out: attention(d, self.num_heads_outer),
                     norm_mlp: norm(d),
-                    mlp: Mlp::new(d, (d as f64 * self.mlp_ratio) as usize, device),
+                    mlp: Mlp::new(d, mlp_hidden(d, self.mlp_ratio), device),
                 })
                 .collect(),
             norm: norm(d),
@@ -134,12 +141,12 @@ pub struct TntAttention {
 }
 
 impl TntAttention {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, record: Record) -> Tensor<3> {
         let [_, _, d] = x.dims();
         let qk = linear(&self.qk, x.clone());
         let q = qk.clone().slice(s![.., .., 0..d]);
         let k = qk.slice(s![.., .., d..2 * d]);
-        linear(&self.proj, attention(q, k, linear(&self.v, x), self.num_heads, None))
+        linear(&self.proj, attend((q, k, linear(&self.v, x), None), self.num_heads, record))
     }
 }
 
@@ -182,8 +189,16 @@ pub struct TntBlock {
 }
 
 impl TntBlock {
-    pub fn forward(&self, pixels: Tensor<3>, patches: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
-        let pixels = pixels.clone() + self.attn_in.forward(self.norm_in.forward(pixels));
+    /// With `maps`, the inner attention's probabilities are recorded as `inner_attn`
+    /// (`[B * patches, heads, pixels, pixels]`), the outer one's as `attn`.
+    pub fn forward(
+        &self,
+        pixels: Tensor<3>,
+        patches: Tensor<3>,
+        maps: Option<&AttentionMaps>,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let pixels =
+            pixels.clone() + self.attn_in.forward(self.norm_in.forward(pixels), maps.map(|m| (m, "inner_attn")));
         let pixels = pixels.clone() + self.mlp_in.forward(self.norm_mlp_in.forward(pixels));
         let [b, n, d] = patches.dims();
         let flat = pixels.clone().reshape([b, n - 1, pixels.dims()[1] * pixels.dims()[2]]);
@@ -191,7 +206,8 @@ impl TntBlock {
         // The class token (index 0) receives nothing from the pixels.
         let link = Tensor::cat(vec![Tensor::zeros([b, 1, d], &link.device()), link], 1);
         let patches = patches + link;
-        let patches = patches.clone() + self.attn_out.forward(self.norm_out.forward(patches));
+        let patches =
+            patches.clone() + self.attn_out.forward(self.norm_out.forward(patches), maps.map(|m| (m, "attn")));
         let patches = patches.clone() + self.mlp.forward(self.norm_mlp.forward(patches));
         (pixels, patches)
     }
@@ -229,6 +245,12 @@ impl Tnt {
     /// timm's `forward_features`: the patch tokens after the last block and the final norm,
     /// `[B, 1 + N, D]`.
     pub fn forward_features(&self, images: Tensor<4>) -> Tensor<3> {
+        self.forward_features_recording(images, None)
+    }
+
+    /// [`Tnt::forward_features`], recording every block's attention probabilities in `maps`
+    /// (`attn` for the outer, `inner_attn` for the inner transformer) when given.
+    pub fn forward_features_recording(&self, images: Tensor<4>, maps: Option<&AttentionMaps>) -> Tensor<3> {
         let b = images.dims()[0];
         let mut pixels = self.pixel_embed.forward(images, self.pixel_pos.val());
         let [bn, np, di] = pixels.dims();
@@ -239,7 +261,7 @@ impl Tnt {
         let cls = self.cls_token.val().expand([b, 1, d]);
         let mut patches = Tensor::cat(vec![cls, patches], 1) + self.patch_pos.val();
         for block in &self.blocks {
-            (pixels, patches) = block.forward(pixels, patches);
+            (pixels, patches) = block.forward(pixels, patches, maps);
         }
         self.norm.forward(patches)
     }

@@ -7,8 +7,11 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{GlobalPool, check_patch_grid, defaults};
-use crate::cpu::{attention, linear};
+use crate::check;
+use crate::common::{
+    GlobalPool, check_depth_classes_eps, check_heads, check_input, check_mlp_ratio, defaults, mlp_hidden,
+};
+use crate::cpu::{AttentionMaps, attend, linear};
 use crate::import::{Checkpoint, Tensors};
 use crate::layers::{Mlp, timm_init, timm_linear};
 use crate::resample::fit_pos_embed;
@@ -44,18 +47,20 @@ fn default_layer_norm_eps() -> f64 {
 }
 
 impl VitConfig {
+    /// Checks the hyper-parameters; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        check_patch_grid(self.image_size, self.patch_size)?;
-        if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
-            return Err(format!(
-                "model.embed_dim = {} must be divisible by model.num_heads = {}",
-                self.embed_dim, self.num_heads
-            ));
-        }
-        if self.depth == 0 || self.num_classes == 0 || self.mlp_ratio <= 0.0 {
-            return Err("model.depth, model.num_classes and model.mlp_ratio must be positive".into());
-        }
-        Ok(())
+        let grid = check_input(self.image_size, self.patch_size, self.in_channels)?;
+        check_heads("model.embed_dim", self.embed_dim, "model.num_heads", self.num_heads)?;
+        check_mlp_ratio(self.mlp_ratio, "model.embed_dim", self.embed_dim)?;
+        check_depth_classes_eps(self.depth, self.num_classes, self.layer_norm_eps)?;
+        // Per block: qkv and proj (4 d^2), the MLP (2 d h); then the patch embedding, the
+        // position embedding and the head.
+        let (d, h) = (self.embed_dim as f64, mlp_hidden(self.embed_dim, self.mlp_ratio) as f64);
+        let patch = (self.patch_size * self.patch_size * self.in_channels) as f64;
+        check::parameters(
+            self.depth as f64 * (4.0 * d * d + 2.0 * d * h)
+                + (patch + (grid * grid + 1) as f64 + self.num_classes as f64) * d,
+        )
     }
 
     /// Patches per side.
@@ -89,7 +94,7 @@ impl VitConfig {
                         num_heads: self.num_heads,
                     },
                     norm2: norm(),
-                    mlp: Mlp::new(d, (d as f64 * self.mlp_ratio) as usize, device),
+                    mlp: Mlp::new(d, mlp_hidden(d, self.mlp_ratio), device),
                 })
                 .collect(),
             norm: final_norm,
@@ -122,13 +127,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// With `maps`, the probabilities are recorded as `attn`.
+    pub fn forward(&self, x: Tensor<3>, maps: Option<&AttentionMaps>) -> Tensor<3> {
         let [_, _, d] = x.dims();
         let qkv = linear(&self.qkv, x);
         let q = qkv.clone().slice(s![.., .., 0..d]);
         let k = qkv.clone().slice(s![.., .., d..2 * d]);
         let v = qkv.slice(s![.., .., 2 * d..3 * d]);
-        linear(&self.proj, attention(q, k, v, self.num_heads, None))
+        linear(&self.proj, attend((q, k, v, None), self.num_heads, maps.map(|m| (m, "attn"))))
     }
 }
 
@@ -142,8 +148,8 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
+    pub fn forward(&self, x: Tensor<3>, maps: Option<&AttentionMaps>) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x), maps);
         x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
 }
@@ -177,12 +183,18 @@ impl Vit {
     /// timm's `forward_features`: the token sequence after the last block and the final norm,
     /// `[B, 1 + N, D]`.
     pub fn forward_features(&self, images: Tensor<4>) -> Tensor<3> {
+        self.forward_features_recording(images, None)
+    }
+
+    /// [`Vit::forward_features`], recording every block's attention probabilities in `maps`
+    /// (`attn`, `[B, heads, 1 + N, 1 + N]`) when given.
+    pub fn forward_features_recording(&self, images: Tensor<4>, maps: Option<&AttentionMaps>) -> Tensor<3> {
         let patches = self.patch_embed.forward(images);
         let [b, _, d] = patches.dims();
         let cls = self.cls_token.val().expand([b, 1, d]);
         let mut x = Tensor::cat(vec![cls, patches], 1) + self.pos_embed.val();
         for block in &self.blocks {
-            x = block.forward(x);
+            x = block.forward(x, maps);
         }
         match &self.norm {
             Some(norm) => norm.forward(x),

@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use zoo_datasets::{DataError, EvalTransform, ImageFolder, TrainTransform};
 use zoo_models::Classifier;
 
@@ -135,7 +135,7 @@ fn top_k_hits(logits: &[f32], labels: &[usize], classes: usize) -> (usize, usize
 pub fn evaluate(model: &Classifier, loader: &Loader, device: &Device, quiet: bool) -> Result<(f64, f64, f64)> {
     let bar = progress_bar(loader.batches_per_epoch(), quiet, "  validate".into());
     let (mut loss_sum, mut top1, mut top5, mut n) = (0.0, 0, 0, 0);
-    for batch in loader.epoch(0) {
+    for batch in loader.epoch(0, 0) {
         let batch = batch?;
         let (x, t) = to_device(&batch, loader.size, loader.classes, device);
         let logits = model.forward(x);
@@ -198,7 +198,7 @@ struct ClassifierTask<'a> {
 }
 
 /// The loss summed over the epoch's samples.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct LossTotals {
     loss_sum: f64,
     seen: usize,
@@ -253,8 +253,8 @@ impl Task for ClassifierTask<'_> {
         self.train.batches_per_epoch()
     }
 
-    fn batches(&self, epoch: usize) -> Receiver<Result<HostBatch, DataError>> {
-        self.train.epoch(epoch)
+    fn batches(&self, epoch: usize, first: usize) -> Receiver<Result<HostBatch, DataError>> {
+        self.train.epoch(epoch, first)
     }
 
     fn train_step(&self, model: &Classifier, batch: HostBatch, step: &mut Step<Self>) -> Result<()> {
@@ -330,7 +330,9 @@ pub fn train_classifier(config: &ZooConfig, device: &Device, opts: &TrainOptions
     }
     let task = ClassifierTask { config, cfg, train, val, classes, devices: &opts.devices };
     let run = engine::run(&task, opts.devices.first().unwrap_or(device), opts)?;
-    std::fs::write(run.output_dir.join("classes.txt"), task.classes.join("\n") + "\n")?;
+    let classes = run.output_dir.join("classes.txt");
+    std::fs::write(&classes, task.classes.join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", classes.display()))?;
     Ok(TrainReport {
         epochs: run.epochs,
         best_top1: run.best_score,

@@ -2,11 +2,13 @@
 //! datasets' crate), and the sections that training owns, `[train]` and `[eval]`. Unknown and
 //! missing fields are errors that name the file and the field.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use zoo_datasets::config::{DataConfig, DetrAugmentConfig};
+use zoo_datasets::config::{DataConfig, DetrAugmentConfig, MAX_SIDE};
 use zoo_models::ModelConfig;
+use zoo_models::check;
 pub use zoo_models::config::ConfigError;
 
 /// A whole config file.
@@ -165,33 +167,29 @@ mod defaults {
 
 impl TrainConfig {
     fn validate(&self) -> Result<(), String> {
-        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 {
-            return Err("train.epochs, train.batch_size and train.grad_accum must be at least 1".into());
+        check::count("train.epochs", self.epochs, 1_000_000)?;
+        check::count("train.batch_size", self.batch_size, 100_000)?;
+        check::count("train.grad_accum", self.grad_accum, 10_000)?;
+        check::number("train.lr", self.lr, (Bound::Excluded(0.0), Bound::Included(1.0)))?;
+        check::number("train.min_lr", self.min_lr, 0.0..=self.lr)?;
+        if let Some(lr) = self.backbone_lr {
+            check::number("train.backbone_lr", lr, 0.0..=1.0)?;
         }
-        if !(self.lr > 0.0 && self.lr <= 1.0) || self.min_lr < 0.0 || self.min_lr > self.lr {
-            return Err(format!(
-                "train.lr = {} must be in (0, 1] and train.min_lr = {} in [0, lr]",
-                self.lr, self.min_lr
-            ));
+        check::number("train.weight_decay", self.weight_decay, 0.0..=10.0)?;
+        check::number("train.grad_clip", self.grad_clip, 0.0..)?;
+        check::number("train.label_smoothing", self.label_smoothing, 0.0..1.0)?;
+        for (name, alpha) in [("mixup_alpha", self.mixup_alpha), ("cutmix_alpha", self.cutmix_alpha)] {
+            check::number(&format!("train.{name}"), alpha, 0.0..=100.0)?;
         }
+        for (name, p) in [("mix_prob", self.mix_prob), ("switch_prob", self.switch_prob), ("hflip", self.hflip)] {
+            check::number(&format!("train.{name}"), p, 0.0..=1.0)?;
+        }
+        check::number("train.scale_min", self.scale_min, (Bound::Excluded(0.0), Bound::Included(1.0)))?;
         if self.warmup_epochs >= self.epochs {
             return Err(format!(
                 "train.warmup_epochs = {} must be less than train.epochs = {}",
                 self.warmup_epochs, self.epochs
             ));
-        }
-        for (name, p) in [
-            ("mix_prob", self.mix_prob),
-            ("switch_prob", self.switch_prob),
-            ("hflip", self.hflip),
-            ("label_smoothing", self.label_smoothing),
-        ] {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(format!("train.{name} = {p} must be in [0, 1]"));
-            }
-        }
-        if !(self.scale_min > 0.0 && self.scale_min <= 1.0) {
-            return Err(format!("train.scale_min = {} must be in (0, 1]", self.scale_min));
         }
         if let Some(drop) = self.lr_drop
             && (drop == 0 || drop > self.epochs)
@@ -257,6 +255,15 @@ impl ZooConfig {
     fn validate(&self) -> Result<(), String> {
         self.model.validate()?;
         self.data.validate()?;
+        if let Some(size) = self.model.image_size()
+            && size as f64 / self.data.crop_pct > MAX_SIDE as f64
+        {
+            return Err(format!(
+                "data.crop_pct = {} resizes images to a shorter side of {:.0} before the {size}-pixel crop, more than {MAX_SIDE}",
+                self.data.crop_pct,
+                size as f64 / self.data.crop_pct
+            ));
+        }
         if let Some(train) = &self.train {
             train.validate()?;
             let detector = matches!(self.model, ModelConfig::Detr(_));
@@ -269,16 +276,25 @@ impl ZooConfig {
                 });
             }
         }
-        if self.eval.batch_size == 0 {
-            return Err("eval.batch_size must be at least 1".into());
-        }
-        Ok(())
+        check::count("eval.batch_size", self.eval.batch_size, 4096)
     }
 
-    /// Class names from `data.labels`, if the config names a label file.
+    /// Class names from `data.labels`, if the config names a label file: one per class of the model.
     pub fn labels(&self) -> Result<Option<Vec<String>>, ConfigError> {
-        self.data
-            .labels()
-            .map_err(|source| ConfigError::Io { path: self.data.labels.clone().unwrap_or_default(), source })
+        let path = self.data.labels.clone().unwrap_or_default();
+        let labels = self.data.labels().map_err(|source| ConfigError::Io { path: path.clone(), source })?;
+        if let Some(labels) = &labels
+            && labels.len() != self.model.num_classes()
+        {
+            return Err(ConfigError::Invalid {
+                path,
+                message: format!(
+                    "the label file (data.labels) has {} lines, one per class, but model.num_classes is {}",
+                    labels.len(),
+                    self.model.num_classes()
+                ),
+            });
+        }
+        Ok(labels)
     }
 }

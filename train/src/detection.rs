@@ -14,7 +14,7 @@ use burn::prelude::*;
 use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use zoo_datasets::coco_eval::{CocoEvalResult, Detection, evaluate};
 use zoo_datasets::detection::load_batch;
 use zoo_datasets::{
@@ -60,12 +60,12 @@ impl DetrLoader {
         Ok(self.transform.apply(&img, &boxes, &mut rng_for(self.seed, epoch, index)))
     }
 
-    /// The epoch's batches in an order that follows from `(seed, epoch)`.
-    pub fn epoch(&self, epoch: usize) -> Receiver<Result<DetrHostBatch, DataError>> {
+    /// The epoch's batches from batch `first` on, in an order that follows from `(seed, epoch)`.
+    pub fn epoch(&self, epoch: usize, first: usize) -> Receiver<Result<DetrHostBatch, DataError>> {
         let mut order: Vec<usize> = (0..self.set.samples.len()).collect();
         order.shuffle(&mut rng_for(self.seed, epoch, usize::MAX));
         let this = self.clone();
-        prefetch(order, self.batch_size, move |_, chunk| {
+        prefetch(order, self.batch_size, first, move |_, chunk| {
             let (images, targets) =
                 chunk.par_iter().map(|&i| this.load(epoch, i)).collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
             Ok(DetrHostBatch { images, targets })
@@ -145,6 +145,9 @@ fn open_split(annotations: &Option<PathBuf>, images: &std::path::Path, num_class
     let annotations =
         annotations.as_ref().context("a detector's [train] needs train_annotations and val_annotations")?;
     let set = CocoDetection::open(annotations, images)?;
+    if let Some(unknown) = set.unknown_categories() {
+        bail!("{unknown}: add them to categories or remove the annotations");
+    }
     let max_id = set.max_category_id();
     if max_id as usize >= num_classes {
         bail!(
@@ -183,7 +186,7 @@ struct DetrTask<'a> {
 
 /// The weighted total loss and the last decoder layer's unweighted losses (class, L1, GIoU),
 /// summed over the epoch's batches.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct DetrTotals {
     sums: [f64; 4],
     batches: usize,
@@ -247,13 +250,21 @@ impl Task for DetrTask<'_> {
         self.loader.batches_per_epoch()
     }
 
-    fn batches(&self, epoch: usize) -> Receiver<Result<DetrHostBatch, DataError>> {
-        self.loader.epoch(epoch)
+    fn batches(&self, epoch: usize, first: usize) -> Receiver<Result<DetrHostBatch, DataError>> {
+        self.loader.epoch(epoch, first)
     }
 
-    /// Dropout draws from the device's generator: seeded per epoch, a resumed run draws the same.
-    fn epoch_seed(&self, epoch: usize) -> Option<u64> {
-        Some(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64))
+    /// Dropout draws from the device's generator: seeded per batch, a run resumed at any batch
+    /// draws the same.
+    fn batch_seed(&self, epoch: usize, batch: usize) -> Option<u64> {
+        Some(
+            self.cfg
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(epoch as u64)
+                .wrapping_mul(1_000_033)
+                .wrapping_add(batch as u64),
+        )
     }
 
     fn train_step(&self, model: &Detr, batch: DetrHostBatch, step: &mut Step<Self>) -> Result<()> {

@@ -6,6 +6,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
@@ -16,6 +18,7 @@ use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use zoo_datasets::DataError;
+use zoo_models::import::non_finite_parameters;
 
 use crate::checkpoint::{self, Progress};
 use crate::config::TrainConfig;
@@ -33,6 +36,22 @@ pub struct TrainOptions {
     /// Data-parallel training over these devices (the config's `train.devices`, resolved), the
     /// first holding the model and the optimizer; fewer than two: the `device` argument alone.
     pub devices: Vec<Device>,
+    /// Set (by a Ctrl-C handler, say) to stop the run: the current optimizer step is finished,
+    /// a checkpoint of the epoch so far is written, and [`run`] returns [`Interrupted`].
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// A run stopped by [`TrainOptions::stop`] after writing its checkpoint; `--resume` continues it
+/// from the next batch.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "interrupted in epoch {epoch} after batch {batch}: checkpoint {} written; run again with --resume to continue",
+    checkpoint.display()
+)]
+pub struct Interrupted {
+    pub epoch: usize,
+    pub batch: usize,
+    pub checkpoint: PathBuf,
 }
 
 /// What differs between training a classifier and a detector: the model, its batches, its loss
@@ -65,12 +84,13 @@ pub trait Task {
 
     fn batches_per_epoch(&self) -> usize;
 
-    /// The epoch's training batches, in an order that follows from `(seed, epoch)`.
-    fn batches(&self, epoch: usize) -> Receiver<Result<Self::Batch, DataError>>;
+    /// The epoch's training batches from batch `first` on, in an order that follows from
+    /// `(seed, epoch)`.
+    fn batches(&self, epoch: usize, first: usize) -> Receiver<Result<Self::Batch, DataError>>;
 
-    /// A seed for the device's generator at the start of `epoch` (for dropout), if the task
-    /// reseeds it.
-    fn epoch_seed(&self, _epoch: usize) -> Option<u64> {
+    /// A seed for the device's generator before batch `batch` of `epoch` (for dropout), if the
+    /// task reseeds it: a run resumed at any batch then draws what an uninterrupted one draws.
+    fn batch_seed(&self, _epoch: usize, _batch: usize) -> Option<u64> {
         None
     }
 
@@ -90,8 +110,9 @@ pub trait Task {
     fn log_line(metrics: &Self::Metrics, epochs: usize) -> String;
 }
 
-/// Sums over an epoch's training batches.
-pub trait EpochTotals: Default {
+/// Sums over an epoch's training batches (serialisable: an interrupted epoch's sums go into its
+/// checkpoint).
+pub trait EpochTotals: Default + Serialize + serde::de::DeserializeOwned {
     /// Images trained on.
     fn images(&self) -> usize;
     /// The epoch's mean training loss so far, as the progress bar shows it.
@@ -135,6 +156,20 @@ pub struct Run<T: Task> {
     pub last_eval: Option<T::Eval>,
 }
 
+/// The error that stops a run whose loss or weights stopped being finite, naming the epoch and the
+/// checkpoint to go back to.
+fn diverged(output: &Path, epoch: usize, what: String) -> anyhow::Error {
+    let last = match checkpoint::list(output).ok().and_then(|mut l| l.pop()) {
+        Some(((done, _), dir)) => format!("the last checkpoint, {} (epoch {done}), is from before", dir.display()),
+        None => "there is no checkpoint yet".into(),
+    };
+    anyhow::anyhow!(
+        "training diverged in epoch {}: {what}; nothing of this epoch was saved and {last}; lower train.lr or \
+         set train.grad_clip",
+        epoch + 1
+    )
+}
+
 pub fn progress_bar(len: usize, quiet: bool, prefix: String) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
@@ -154,26 +189,37 @@ pub fn run<T: Task>(task: &T, device: &Device, opts: &TrainOptions) -> Result<Ru
     let cfg = task.config();
     let output = cfg.output_dir.clone();
     std::fs::create_dir_all(&output).with_context(|| format!("cannot create {}", output.display()))?;
+    let _lock = checkpoint::lock_output(&output)?;
+    checkpoint::remove_temporaries(&output)?;
     let train_device = device.clone().autodiff();
     // The initial weights follow from the seed, like the data order and augmentations.
     train_device.seed(cfg.seed);
     let mut model = task.init(&train_device)?;
     let batches = task.batches_per_epoch();
+    let schedule = checkpoint::Schedule { batches_per_epoch: batches, grad_accum: cfg.grad_accum };
     let groups = task.param_groups(&model);
     let mut optim = adamw(cfg, &groups)?;
-    let mut sched = lr_scheduler(cfg, &groups, batches.div_ceil(cfg.grad_accum))?;
-    let mut progress = Progress { epoch: 0, step: 0, best_score: -1.0, best_epoch: 0 };
+    let mut sched = lr_scheduler(cfg, &groups, schedule.steps_per_epoch())?;
+    let mut progress = Progress { best_score: -1.0, ..Default::default() };
 
     let last_checkpoint = if opts.resume { checkpoint::list(&output)?.pop() } else { None };
+    let mut resumed_totals = None;
     if let Some((_, dir)) = &last_checkpoint {
-        (progress, optim) = checkpoint::restore(dir, optim, &mut sched, opts.quiet)?;
+        (progress, optim) = checkpoint::restore(dir, optim, &mut sched, schedule, opts.quiet)?;
         model = T::load(model, &dir.join(checkpoint::MODEL))?;
+        checkpoint::repair_best(&output, dir, &progress)?;
+        if let Some(totals) = progress.partial_totals.take() {
+            let read = serde_json::from_value(totals);
+            resumed_totals =
+                Some(read.with_context(|| format!("{}: partial_totals", dir.join(checkpoint::PROGRESS).display()))?);
+        }
     } else {
         if opts.resume {
             eprintln!("warning: --resume, but {} holds no checkpoint: training from the start", output.display());
         }
         model = task.load_initial(model)?;
     }
+    (progress.batches_per_epoch, progress.grad_accum) = (Some(batches), Some(cfg.grad_accum));
     if let Some(frozen) = &groups.frozen {
         model = model.set_require_grad_group(param_group(frozen)?, false);
     }
@@ -183,34 +229,56 @@ pub fn run<T: Task>(task: &T, device: &Device, opts: &TrainOptions) -> Result<Ru
     let mut epochs = Vec::new();
     let mut last_eval = None;
     let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
+    let stop_requested = || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
     for epoch in progress.epoch..last_epoch {
-        if let Some(seed) = task.epoch_seed(epoch) {
-            train_device.seed(seed);
-        }
+        // A checkpoint written mid-epoch resumes with the batch after it.
+        let first = std::mem::take(&mut progress.batch);
         let started = Instant::now();
         let bar = progress_bar(batches, opts.quiet, format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        bar.set_position(first as u64);
         let mut step = Step::<T> {
             epoch,
-            batch: 0,
+            batch: first,
             device: &train_device,
             grads: GradientsAccumulator::new(),
-            totals: T::Totals::default(),
+            totals: resumed_totals.take().unwrap_or_default(),
         };
         let mut lr = 0.0;
-        for (i, batch) in task.batches(epoch).into_iter().enumerate() {
+        for (i, batch) in (first..).zip(task.batches(epoch, first)) {
             step.batch = i;
+            if let Some(seed) = task.batch_seed(epoch, i) {
+                train_device.seed(seed);
+            }
             task.train_step(&model, batch?, &mut step)?;
-            if (i + 1) % cfg.grad_accum == 0 || i + 1 == batches {
+            let loss = step.totals.loss();
+            if !loss.is_finite() {
+                bar.abandon();
+                return Err(diverged(&output, epoch, format!("the training loss is {loss} at batch {}", i + 1)));
+            }
+            let stepped = (i + 1) % cfg.grad_accum == 0 || i + 1 == batches;
+            if stepped {
                 (model, lr) = optimizer_step(model, &mut optim, &mut sched, &mut step.grads, cfg.grad_clip);
                 progress.step += 1;
             }
             bar.inc(1);
             bar.set_message(format!("loss {:.4} lr {lr:.2e}", step.totals.loss()));
+            if stepped && i + 1 < batches && stop_requested() {
+                bar.abandon();
+                (progress.batch, progress.partial_totals) = (i + 1, Some(serde_json::to_value(&step.totals)?));
+                let dir =
+                    checkpoint::save_with_optimizer(&output, &mut progress, &optim, |path| T::save(&model, path))?;
+                return Err(Interrupted { epoch: epoch + 1, batch: i + 1, checkpoint: dir }.into());
+            }
         }
         bar.finish_and_clear();
+        let not_finite = non_finite_parameters(&model.valid());
+        if !not_finite.is_empty() {
+            let which = format!("parameters hold NaN or infinite values ({})", not_finite.join(", "));
+            return Err(diverged(&output, epoch, which));
+        }
         let train_seconds = started.elapsed().as_secs_f64();
         let eval = task.evaluate(&model.valid(), device, opts.quiet)?;
-        progress.epoch = epoch + 1;
+        (progress.epoch, progress.partial_totals) = (epoch + 1, None);
         let score = T::score(&eval);
         let improved = score > progress.best_score;
         if improved {
@@ -224,15 +292,21 @@ pub fn run<T: Task>(task: &T, device: &Device, opts: &TrainOptions) -> Result<Ru
             seconds: started.elapsed().as_secs_f64(),
         };
         let m = T::metrics(&trained, &eval);
-        writeln!(metrics_file, "{}", serde_json::to_string(&m)?)?;
+        writeln!(metrics_file, "{}", serde_json::to_string(&m)?)
+            .with_context(|| format!("cannot write {}", output.join("metrics.jsonl").display()))?;
         if !opts.quiet {
             eprintln!("{}", T::log_line(&m, cfg.epochs));
         }
         epochs.push(m);
         last_eval = Some(eval);
-        checkpoint::save_with_optimizer(&output, &progress, &optim, |path| T::save(&model, path))?;
+        // The checkpoint first, recording best.bpk's hash, then best.bpk copied from it: a run
+        // stopped in between finds it out on resume and writes it again.
+        let dir = checkpoint::save_with_optimizer(&output, &mut progress, &optim, |path| T::save(&model, path))?;
         if improved {
-            T::save(&model, &output.join("best.bpk"))?;
+            checkpoint::export_best(&output, &dir)?;
+        }
+        if stop_requested() && epoch + 1 < last_epoch {
+            return Err(Interrupted { epoch: epoch + 1, batch: batches, checkpoint: dir }.into());
         }
     }
     T::save(&model, &output.join("last.bpk"))?;
@@ -240,7 +314,7 @@ pub fn run<T: Task>(task: &T, device: &Device, opts: &TrainOptions) -> Result<Ru
         epochs,
         best_score: progress.best_score,
         best_epoch: progress.best_epoch,
-        best_model: output.join("best.bpk"),
+        best_model: output.join(checkpoint::BEST),
         last_model: output.join("last.bpk"),
         output_dir: output,
         last_eval,

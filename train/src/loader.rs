@@ -114,10 +114,11 @@ impl Loader {
         Ok(HostBatch { images, labels, targets })
     }
 
-    /// The epoch's batches, prepared ahead in a background thread (two in flight).
-    pub fn epoch(&self, epoch: usize) -> Receiver<Result<HostBatch, DataError>> {
+    /// The epoch's batches from batch `first` on, prepared ahead in a background thread (two in
+    /// flight).
+    pub fn epoch(&self, epoch: usize, first: usize) -> Receiver<Result<HostBatch, DataError>> {
         let this = self.clone();
-        prefetch(self.order(epoch), self.batch_size, move |b, chunk| this.batch(epoch, b, chunk))
+        prefetch(self.order(epoch), self.batch_size, first, move |b, chunk| this.batch(epoch, b, chunk))
     }
 }
 
@@ -144,16 +145,18 @@ pub(crate) fn decode_or_skip<'a>(
     Err(DataError::Invalid("no image of the dataset could be decoded".into()))
 }
 
-/// Makes the batches of `order` (in chunks of `batch_size`) with `make(batch_index, indices)` in a
-/// background thread, two ahead of the consumer; stops at the first error.
+/// Makes the batches of `order` (in chunks of `batch_size`) from batch `first` on with
+/// `make(batch_index, indices)` in a background thread, two ahead of the consumer; stops at the
+/// first error.
 pub(crate) fn prefetch<T: Send + 'static>(
     order: Vec<usize>,
     batch_size: usize,
+    first: usize,
     make: impl Fn(usize, &[usize]) -> Result<T, DataError> + Send + 'static,
 ) -> Receiver<Result<T, DataError>> {
     let (tx, rx) = sync_channel(2);
     std::thread::spawn(move || {
-        for (b, chunk) in order.chunks(batch_size).enumerate() {
+        for (b, chunk) in order.chunks(batch_size).enumerate().skip(first) {
             let batch = make(b, chunk);
             let failed = batch.is_err();
             if tx.send(batch).is_err() || failed {

@@ -3,6 +3,8 @@
 //! 0.4); an interrupted run resumes exactly; bad annotation files and images give clear errors.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use burn::prelude::*;
 use zoo_datasets::generate_detection::generate_objects;
@@ -10,6 +12,7 @@ use zoo_models::ModelConfig;
 use zoo_train::TrainOptions;
 use zoo_train::ZooConfig;
 use zoo_train::detection::train_detr;
+use zoo_train::engine::Interrupted;
 
 const DEMO: &str = include_str!("../../configs/demo_detr.toml");
 
@@ -53,11 +56,23 @@ fn detr_resume_continues_exactly() {
     resumed.train.as_mut().unwrap().output_dir = dir.path().join("resumed");
     let first = train_detr(&resumed, &Device::flex(), &TrainOptions { stop_after: Some(1), ..quiet.clone() }).unwrap();
     assert_eq!(first.epochs.len(), 1);
-    let second = train_detr(&resumed, &Device::flex(), &TrainOptions { resume: true, ..quiet }).unwrap();
+    let second = train_detr(&resumed, &Device::flex(), &TrainOptions { resume: true, ..quiet.clone() }).unwrap();
     assert_eq!(second.epochs.len(), 1);
     let (a, b) = (&full.epochs[1], &second.epochs[0]);
     assert_eq!((a.epoch, a.train_loss, a.loss_bbox, a.val_ap), (b.epoch, b.train_loss, b.loss_bbox, b.val_ap));
     assert!(second.last_model.is_file() && dir.path().join("resumed/checkpoints/epoch-0002/model.bpk").is_file());
+
+    // Interrupted after the first optimizer step (Ctrl-C) and resumed from the next batch:
+    // dropout is seeded per batch, so both epochs equal the uninterrupted run's.
+    let mut interrupted = straight.clone();
+    interrupted.train.as_mut().unwrap().output_dir = dir.path().join("interrupted");
+    let stop = Some(Arc::new(AtomicBool::new(true)));
+    let err = train_detr(&interrupted, &Device::flex(), &TrainOptions { stop, ..quiet.clone() }).unwrap_err();
+    assert!(err.downcast_ref::<Interrupted>().is_some_and(|i| i.batch == 1), "{err:#}");
+    let rest = train_detr(&interrupted, &Device::flex(), &TrainOptions { resume: true, ..quiet }).unwrap();
+    for (a, b) in full.epochs.iter().zip(&rest.epochs) {
+        assert_eq!((a.epoch, a.train_loss, a.loss_bbox, a.val_ap), (b.epoch, b.train_loss, b.loss_bbox, b.val_ap));
+    }
 }
 
 #[test]

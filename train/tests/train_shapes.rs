@@ -2,11 +2,14 @@
 //! continues exactly where the interrupted one stopped, and bad data gives clear errors.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use burn::prelude::*;
 use zoo_datasets::generate::generate_shapes;
 use zoo_models::Classifier;
 use zoo_train::ZooConfig;
+use zoo_train::engine::Interrupted;
 use zoo_train::{TrainOptions, train_classifier};
 
 const CLASSES: usize = 4;
@@ -126,6 +129,22 @@ fn resumed_run_matches_uninterrupted_run() {
     assert_eq!(a.epoch, b.epoch);
     assert_eq!((a.train_loss, a.val_loss, a.val_top1, a.lr), (b.train_loss, b.val_loss, b.val_top1, b.lr));
 
+    // Ctrl-C: the stop flag is seen after the first optimizer step, a checkpoint of the epoch so
+    // far is written, and the resumed run goes on from the next batch: both epochs as the
+    // uninterrupted run has them, the first one's training loss over all its batches.
+    let interrupted_cfg = with_init("c");
+    let stop = Some(Arc::new(AtomicBool::new(true)));
+    let err = train_classifier(&interrupted_cfg, &Device::flex(), &TrainOptions { stop, ..quiet.clone() }).unwrap_err();
+    let interrupted = err.downcast_ref::<Interrupted>().unwrap_or_else(|| panic!("{err:#}"));
+    assert_eq!((interrupted.epoch, interrupted.batch), (1, 1));
+    assert!(interrupted.checkpoint.ends_with("epoch-0000-batch-000001"), "{}", interrupted.checkpoint.display());
+    let resumed =
+        train_classifier(&interrupted_cfg, &Device::flex(), &TrainOptions { resume: true, ..quiet.clone() }).unwrap();
+    assert_eq!(resumed.epochs.len(), 2);
+    for (a, b) in straight.epochs.iter().zip(&resumed.epochs) {
+        assert_eq!((a.epoch, a.train_loss, a.val_loss, a.lr), (b.epoch, b.train_loss, b.val_loss, b.lr));
+    }
+
     // A run stopped after writing epoch 2's metrics but before its checkpoint resumes from epoch
     // 1: metrics.jsonl lists every epoch once, epoch 2 as the resumed run measured it.
     let out = tmp.path().join("b");
@@ -195,4 +214,61 @@ fn bad_data_is_named() {
         train_classifier(&config(VIT, &data, &tmp.path().join("r3"), 1), &Device::flex(), &quiet).unwrap_err()
     );
     assert!(err.contains("zz_empty") && err.contains("no images"), "{err}");
+}
+
+/// A checkpoint cannot disagree with itself: damaged or swapped files, another batch size, a
+/// missing `best.bpk`, a second run on the same folder and a diverging run are each found.
+#[test]
+fn checkpoints_are_checked_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data, 8);
+    let quiet = TrainOptions { quiet: true, ..Default::default() };
+    let resume = TrainOptions { resume: true, ..quiet.clone() };
+    let out = tmp.path().join("run");
+    let cfg = config(VIT, &data, &out, 3);
+    let err_of = |cfg: &ZooConfig, opts: &TrainOptions| {
+        format!("{:#}", train_classifier(cfg, &Device::flex(), opts).unwrap_err())
+    };
+    // One epoch: it is the best so far.
+    let first =
+        train_classifier(&cfg, &Device::flex(), &TrainOptions { stop_after: Some(1), ..quiet.clone() }).unwrap();
+    assert_eq!(first.best_epoch, 1);
+    let last = out.join("checkpoints/epoch-0001");
+
+    // A flipped byte in the optimizer state (as another epoch's optimizer file would be).
+    let optimizer = last.join("optimizer.bpk");
+    let original = std::fs::read(&optimizer).unwrap();
+    let mut flipped = original.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    std::fs::write(&optimizer, &flipped).unwrap();
+    let err = err_of(&cfg, &resume);
+    assert!(err.contains("optimizer.bpk") && err.contains("damaged"), "{err}");
+    std::fs::write(&optimizer, &original).unwrap();
+
+    // Another batch size would follow another schedule.
+    let mut other = cfg.clone();
+    other.train.as_mut().unwrap().batch_size = 8;
+    let err = err_of(&other, &resume);
+    assert!(err.contains("train.batch_size") && err.contains("schedule"), "{err}");
+
+    // A run stopped while writing best.bpk (after the checkpoint that names it) gets it back.
+    let best = out.join("best.bpk");
+    let best_bytes = std::fs::read(&best).unwrap();
+    std::fs::remove_file(&best).unwrap();
+    std::fs::write(out.join(".best.bpk.tmp-1"), b"half written").unwrap();
+    let lock = zoo_train::checkpoint::lock_output(&out).unwrap();
+    let err = err_of(&cfg, &resume);
+    assert!(err.contains("in use by another training run"), "{err}");
+    drop(lock);
+    train_classifier(&cfg, &Device::flex(), &TrainOptions { stop_after: Some(1), ..resume.clone() }).unwrap();
+    assert_eq!(std::fs::read(&best).unwrap(), best_bytes, "best.bpk written again from epoch 1");
+    assert!(!out.join(".best.bpk.tmp-1").exists(), "temporary files are removed");
+
+    // Inputs scaled beyond what float32 holds (infinite) make the loss NaN: the run stops and
+    // says so.
+    let mut wild = config(VIT, &data, &tmp.path().join("wild"), 1);
+    (wild.data.mean, wild.data.std) = ([-1e30; 3], [1e-30; 3]);
+    let err = err_of(&wild, &quiet);
+    assert!(err.contains("training diverged in epoch 1") && err.contains("no checkpoint yet"), "{err}");
 }

@@ -13,7 +13,8 @@ use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use serde::{Deserialize, Serialize};
 
-use crate::cpu::conv2d;
+use crate::check;
+use crate::cpu::{AttentionMaps, conv2d};
 use crate::resnet::ResNet;
 
 pub use heads::{BoxHead, Detection, postprocess};
@@ -100,24 +101,44 @@ mod defaults {
 }
 
 impl DetrConfig {
+    /// Checks the hyper-parameters; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.num_heads == 0 || !self.hidden_dim.is_multiple_of(self.num_heads) || !self.hidden_dim.is_multiple_of(2)
-        {
+        check::count("model.hidden_dim", self.hidden_dim, 16384)?;
+        check::count("model.num_heads", self.num_heads, self.hidden_dim)?;
+        if !self.hidden_dim.is_multiple_of(self.num_heads) || !self.hidden_dim.is_multiple_of(2) {
             return Err(format!(
                 "model.hidden_dim = {} must be even and divisible by model.num_heads = {}",
                 self.hidden_dim, self.num_heads
             ));
         }
-        if self.num_classes == 0 || self.num_queries == 0 || self.decoder_layers == 0 {
-            return Err("model.num_classes, model.num_queries and model.decoder_layers must be positive".into());
+        check::count("model.num_classes", self.num_classes, 1 << 20)?;
+        check::count("model.num_queries", self.num_queries, 10_000)?;
+        check::count("model.dim_feedforward", self.dim_feedforward, 1 << 16)?;
+        check::count("model.decoder_layers", self.decoder_layers, 64)?;
+        if self.encoder_layers > 64 {
+            return Err(format!("model.encoder_layers = {} must be at most 64", self.encoder_layers));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("model.dropout = {} must be in [0, 1)", self.dropout));
+        check::count("model.backbone_stem_width", self.backbone_stem_width, 4096)?;
+        for (stage, (&blocks, &width)) in self.backbone_layers.iter().zip(&self.backbone_channels).enumerate() {
+            check::count(&format!("model.backbone_layers[{stage}]"), blocks, 256)?;
+            check::count(&format!("model.backbone_channels[{stage}]"), width, 4096)?;
         }
-        if self.eval_short_side == 0 || self.eval_max_side < self.eval_short_side {
-            return Err("model.eval_max_side must be at least model.eval_short_side > 0".into());
+        check::number("model.dropout", self.dropout, 0.0..1.0)?;
+        check::count("model.eval_short_side", self.eval_short_side, 4096)?;
+        if !(self.eval_short_side..=8192).contains(&self.eval_max_side) {
+            return Err(format!(
+                "model.eval_max_side = {} must be from model.eval_short_side = {} to 8192",
+                self.eval_max_side, self.eval_short_side
+            ));
         }
-        Ok(())
+        // A bottleneck block of width w has about 17 w^2 weights; each transformer layer 4 d^2
+        // of attention (8 d^2 in the decoder) and 2 d f of feed-forward.
+        let backbone: f64 =
+            self.backbone_layers.iter().zip(&self.backbone_channels).map(|(&n, &w)| 17.0 * (n * w * w) as f64).sum();
+        let (d, f) = (self.hidden_dim as f64, self.dim_feedforward as f64);
+        let layers = self.encoder_layers as f64 * (4.0 * d * d + 2.0 * d * f)
+            + self.decoder_layers as f64 * (8.0 * d * d + 2.0 * d * f);
+        check::parameters(backbone + layers + (self.num_queries + self.num_classes) as f64 * d)
     }
 
     pub fn init(&self, device: &Device) -> Detr {
@@ -149,6 +170,15 @@ pub struct DetrOutput {
     pub boxes: Tensor<3>,
 }
 
+/// [`Detr::forward_attention`]'s result.
+pub struct DetrAttention {
+    /// The last decoder layer's predictions.
+    pub output: DetrOutput,
+    pub maps: AttentionMaps,
+    /// The feature map's `[h, w]`: the attention's keys are its cells, row-major.
+    pub feature_size: [usize; 2],
+}
+
 #[derive(Module, Debug)]
 pub struct Detr {
     pub backbone: ResNet,
@@ -163,6 +193,27 @@ impl Detr {
     /// Predictions of every decoder layer, the last one last, for normalised images `[B, 3, H, W]`
     /// zero-padded bottom/right, with `mask` `[B, H, W]` true on the padding.
     pub fn forward_all(&self, images: Tensor<4>, mask: Tensor<3, Bool>) -> Vec<DetrOutput> {
+        self.forward_recording(images, mask, None).0
+    }
+
+    /// The last decoder layer's predictions and every layer's attention probabilities
+    /// (`encoder_attn` `[B, heads, hw, hw]`, `decoder_self_attn` `[B, heads, Q, Q]`,
+    /// `decoder_cross_attn` `[B, heads, Q, hw]`, with hw the feature map's cells, row-major).
+    pub fn forward_attention(&self, images: Tensor<4>, mask: Tensor<3, Bool>) -> DetrAttention {
+        let maps = AttentionMaps::default();
+        let (mut outputs, feature_size) = self.forward_recording(images, mask, Some(&maps));
+        let output = outputs.pop().expect("DETR has at least one decoder layer");
+        DetrAttention { output, maps, feature_size }
+    }
+
+    /// [`Detr::forward_all`], recording the attention probabilities in `maps` when given; also
+    /// returns the feature map's size `[h, w]`.
+    fn forward_recording(
+        &self,
+        images: Tensor<4>,
+        mask: Tensor<3, Bool>,
+        maps: Option<&AttentionMaps>,
+    ) -> (Vec<DetrOutput>, [usize; 2]) {
         let features = self.backbone.forward_features(images);
         let [b, _, h, w] = features.dims();
         let mask = downsample_mask(mask, h, w);
@@ -172,13 +223,15 @@ impl Detr {
         let src = tokens(conv2d(&self.input_proj, features));
         let pos = tokens(pos);
         let mask = mask.reshape([b, h * w]);
-        self.transformer
-            .forward(src, mask, self.query_embed.weight.val(), pos)
+        let outputs = self
+            .transformer
+            .forward(src, mask, self.query_embed.weight.val(), pos, maps)
             .map(|hs| DetrOutput {
                 logits: self.class_embed.forward(hs.clone()),
                 boxes: sigmoid(self.bbox_embed.forward(hs)),
             })
-            .collect()
+            .collect();
+        (outputs, [h, w])
     }
 
     /// The last decoder layer's predictions.

@@ -8,7 +8,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::cpu::{attention, linear, linear_with};
+use crate::cpu::{AttentionMaps, Record, attend, linear, linear_with};
 
 /// `torch.nn.MultiheadAttention`: one fused input projection `in_proj_weight` `[3d, d]` (rows:
 /// query, key, value), scaled dot-product attention over heads, output projection.
@@ -45,14 +45,10 @@ impl MultiheadAttention {
         key: Tensor<3>,
         value: Tensor<3>,
         key_padding_mask: Option<Tensor<2, Bool>>,
+        record: Record,
     ) -> Tensor<3> {
-        let out = attention(
-            self.project(query, 0),
-            self.project(key, 1),
-            self.project(value, 2),
-            self.num_heads,
-            key_padding_mask,
-        );
+        let (q, k, v) = (self.project(query, 0), self.project(key, 1), self.project(value, 2));
+        let out = attend((q, k, v, key_padding_mask), self.num_heads, record);
         linear(&self.out_proj, out)
     }
 }
@@ -116,10 +112,18 @@ impl EncoderLayer {
         }
     }
 
-    pub fn forward(&self, src: Tensor<3>, pos: Tensor<3>, mask: Tensor<2, Bool>) -> Tensor<3> {
+    /// With `maps`, the self-attention's probabilities are recorded as `encoder_attn`.
+    pub fn forward(
+        &self,
+        src: Tensor<3>,
+        pos: Tensor<3>,
+        mask: Tensor<2, Bool>,
+        maps: Option<&AttentionMaps>,
+    ) -> Tensor<3> {
         let p = self.dropout;
         let qk = src.clone() + pos;
-        let attended = self.self_attn.forward(qk.clone(), qk, src.clone(), Some(mask));
+        let record = maps.map(|m| (m, "encoder_attn"));
+        let attended = self.self_attn.forward(qk.clone(), qk, src.clone(), Some(mask), record);
         let src = self.norm1.forward(src + dropout(attended, p));
         feed_forward(src, &self.linear1, &self.linear2, &self.norm2, p)
     }
@@ -133,8 +137,14 @@ pub struct Encoder {
 impl Encoder {
     /// The memory `[B, N, d]`: the image tokens `src` through every layer, with their position
     /// embedding `pos` `[B, N, d]` and `mask` `[B, N]` true on padding.
-    pub fn forward(&self, src: Tensor<3>, pos: Tensor<3>, mask: Tensor<2, Bool>) -> Tensor<3> {
-        self.layers.iter().fold(src, |memory, layer| layer.forward(memory, pos.clone(), mask.clone()))
+    pub fn forward(
+        &self,
+        src: Tensor<3>,
+        pos: Tensor<3>,
+        mask: Tensor<2, Bool>,
+        maps: Option<&AttentionMaps>,
+    ) -> Tensor<3> {
+        self.layers.iter().fold(src, |memory, layer| layer.forward(memory, pos.clone(), mask.clone(), maps))
     }
 }
 
@@ -173,12 +183,16 @@ impl DecoderLayer {
         memory: Tensor<3>,
         pos: Tensor<3>,
         mask: Tensor<2, Bool>,
+        maps: Option<&AttentionMaps>,
     ) -> Tensor<3> {
         let p = self.dropout;
         let qk = tgt.clone() + query_pos.clone();
-        let attended = self.self_attn.forward(qk.clone(), qk, tgt.clone(), None);
+        let attended =
+            self.self_attn.forward(qk.clone(), qk, tgt.clone(), None, maps.map(|m| (m, "decoder_self_attn")));
         let tgt = self.norm1.forward(tgt + dropout(attended, p));
-        let attended = self.multihead_attn.forward(tgt.clone() + query_pos, memory.clone() + pos, memory, Some(mask));
+        let (query, key) = (tgt.clone() + query_pos, memory.clone() + pos);
+        let record = maps.map(|m| (m, "decoder_cross_attn"));
+        let attended = self.multihead_attn.forward(query, key, memory, Some(mask), record);
         let tgt = self.norm2.forward(tgt + dropout(attended, p));
         feed_forward(tgt, &self.linear1, &self.linear2, &self.norm3, p)
     }
@@ -203,9 +217,10 @@ impl Decoder {
         pos: Tensor<3>,
         query_pos: Tensor<3>,
         mask: Tensor<2, Bool>,
+        maps: Option<&'a AttentionMaps>,
     ) -> impl Iterator<Item = Tensor<3>> + 'a {
         self.layers.iter().scan(tgt, move |tgt, layer| {
-            *tgt = layer.forward(tgt.clone(), query_pos.clone(), memory.clone(), pos.clone(), mask.clone());
+            *tgt = layer.forward(tgt.clone(), query_pos.clone(), memory.clone(), pos.clone(), mask.clone(), maps);
             Some(self.norm.forward(tgt.clone()))
         })
     }
@@ -240,13 +255,14 @@ impl Transformer {
         mask: Tensor<2, Bool>,
         query_embed: Tensor<2>,
         pos: Tensor<3>,
+        maps: Option<&'a AttentionMaps>,
     ) -> impl Iterator<Item = Tensor<3>> + 'a {
         let [b, _, d] = src.dims();
         let device = src.device();
-        let memory = self.encoder.forward(src, pos.clone(), mask.clone());
+        let memory = self.encoder.forward(src, pos.clone(), mask.clone(), maps);
         let num_queries = query_embed.dims()[0];
         let query_pos = query_embed.unsqueeze::<3>().expand([b, num_queries, d]);
         let tgt = Tensor::zeros([b, num_queries, d], &device);
-        self.decoder.forward(tgt, memory, pos, query_pos, mask)
+        self.decoder.forward(tgt, memory, pos, query_pos, mask, maps)
     }
 }
