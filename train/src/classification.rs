@@ -8,7 +8,7 @@ use std::sync::mpsc::Receiver;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,27 @@ pub struct TrainReport {
 pub fn soft_cross_entropy(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
     let b = logits.dims()[0];
     (targets * log_softmax(logits, 1)).sum().neg().div_scalar(b as f64).reshape([1])
+}
+
+/// The parameter groups a classifier trains with: no weight decay where the model says so.
+pub fn classifier_param_groups(model: &Classifier) -> ParamGroups {
+    ParamGroups { no_weight_decay: Some(model.no_weight_decay().into()), ..Default::default() }
+}
+
+/// One batch's forward and backward pass on one device, as the training loop runs it: the loss
+/// of `images` `[B, 3, S, S]` against the soft `targets` `[B, classes]`, scaled by `scale` (for
+/// gradient accumulation) before the backward pass; adds the gradients to `grads` and returns
+/// the unscaled loss.
+pub fn classifier_step(
+    model: &Classifier,
+    images: Tensor<4>,
+    targets: Tensor<2>,
+    scale: f64,
+    grads: &mut GradientsAccumulator<Classifier>,
+) -> f64 {
+    let loss = soft_cross_entropy(model.forward(images), targets).mul_scalar(scale);
+    grads.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+    loss.into_scalar::<f64>() / scale
 }
 
 fn to_device(batch: &HostBatch, size: usize, classes: usize, device: &Device) -> (Tensor<4>, Tensor<2>) {
@@ -231,7 +252,7 @@ impl Task for ClassifierTask<'_> {
     }
 
     fn param_groups(&self, model: &Classifier) -> ParamGroups {
-        ParamGroups { no_weight_decay: Some(model.no_weight_decay().into()), ..Default::default() }
+        classifier_param_groups(model)
     }
 
     fn load_initial(&self, model: Classifier) -> Result<Classifier> {
@@ -268,10 +289,7 @@ impl Task for ClassifierTask<'_> {
             loss
         } else {
             let (x, t) = to_device(&batch, size, classes, step.device);
-            let loss = soft_cross_entropy(model.forward(x), t).mul_scalar(scale);
-            let grads = GradientsParams::from_grads(loss.backward(), model);
-            step.grads.accumulate(model, grads);
-            loss.into_scalar::<f64>() / scale
+            classifier_step(model, x, t, scale, &mut step.grads)
         };
         let b = batch.labels.len();
         step.totals.loss_sum += batch_loss * b as f64;
