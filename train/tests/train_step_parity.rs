@@ -32,7 +32,7 @@ fn parameters(model: &Classifier) -> Vec<(String, Vec<f32>)> {
         .into_iter()
         .map(|pack| {
             let name = pack.name.clone();
-            (name, bridge::into_data(pack).unwrap().convert::<f32>().to_vec::<f32>().unwrap())
+            (name, bridge::into_data(pack).unwrap().convert::<f32>().try_to_vec::<f32>().unwrap())
         })
         .collect()
 }
