@@ -245,6 +245,18 @@ enum Command {
         #[command(flatten)]
         device: DeviceArg,
     },
+    /// Training curves of one or more runs on one picture (PNG): loss, learning rate and
+    /// validation score per epoch. Every training run also writes its own `curves.png`.
+    Plot {
+        /// `metrics.jsonl` files, or the run folders (`train.output_dir`) that hold them.
+        #[arg(required = true)]
+        metrics: Vec<PathBuf>,
+        /// Names in the legend, one per run (default: each run's folder name).
+        #[arg(long, num_args = 1..)]
+        names: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// List the backends compiled into this binary.
     Devices,
 }
@@ -475,6 +487,23 @@ fn run(cli: Cli) -> Result<()> {
                     r.peak_rss_mb
                 ))?;
             }
+        }
+        Command::Plot { metrics, names, out } => {
+            if !names.is_empty() && names.len() != metrics.len() {
+                bail!("--names gives {} names for {} runs", names.len(), metrics.len());
+            }
+            let runs = metrics
+                .iter()
+                .enumerate()
+                .map(|(i, path)| {
+                    let file = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };
+                    let folder = file.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+                    let name = names.get(i).cloned().or(folder).unwrap_or_else(|| format!("run {}", i + 1));
+                    Ok(zoo_train::plot::Curves { name, epochs: zoo_train::plot::read_metrics(&file)? })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            zoo_train::plot::plot(&runs, &out)?;
+            emit(format!("wrote {}\n", out.display()))?;
         }
         Command::Devices => emit(format!("{}\n", compiled_backends().join("\n")))?,
     }

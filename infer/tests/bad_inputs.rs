@@ -125,7 +125,17 @@ fn bad_inputs_are_clear_errors() {
     std::fs::write(dir.join("gt_list.json"), "[]").unwrap();
     std::fs::write(dir.join("dets.json"), "[]").unwrap();
 
+    std::fs::write(dir.join("empty_metrics.jsonl"), "").unwrap();
+    let plot_out = dir.join("plot.png").display().to_string();
     let cases: Vec<Case> = vec![
+        (
+            "plot of no epochs",
+            ["plot", &dir.join("empty_metrics.jsonl").display().to_string(), "--out", &plot_out]
+                .map(str::to_string)
+                .to_vec(),
+            vec![],
+            &["empty_metrics.jsonl", "no epochs"],
+        ),
         ("mlp_ratio too small", model_config("c1.toml", "mlp_ratio = 0.001"), vec![], &["model.mlp_ratio", "c1.toml"]),
         ("mlp_ratio inf", model_config("c2.toml", "mlp_ratio = inf"), vec![], &["model.mlp_ratio"]),
         ("embed_dim 0", model_config("c3.toml", "embed_dim = 0"), vec![], &["model.embed_dim"]),

@@ -170,6 +170,17 @@ fn diverged(output: &Path, epoch: usize, what: String) -> anyhow::Error {
     )
 }
 
+/// `curves.png` beside `metrics.jsonl`: the run's loss, learning rate and score so far. A picture
+/// that cannot be drawn is a warning, not the end of the run.
+fn plot_curves(output: &Path) {
+    let name = output.file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned());
+    let drawn = crate::plot::read_metrics(&output.join("metrics.jsonl"))
+        .and_then(|epochs| crate::plot::plot(&[crate::plot::Curves { name, epochs }], &output.join("curves.png")));
+    if let Err(e) = drawn {
+        eprintln!("warning: {e:#}");
+    }
+}
+
 pub fn progress_bar(len: usize, quiet: bool, prefix: String) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
@@ -297,6 +308,7 @@ pub fn run<T: Task>(task: &T, device: &Device, opts: &TrainOptions) -> Result<Ru
         if !opts.quiet {
             eprintln!("{}", T::log_line(&m, cfg.epochs));
         }
+        plot_curves(&output);
         epochs.push(m);
         last_eval = Some(eval);
         // The checkpoint first, recording best.bpk's hash, then best.bpk copied from it: a run

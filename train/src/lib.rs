@@ -12,6 +12,7 @@ pub mod loader;
 pub mod matcher;
 pub mod mix;
 pub mod optimizer;
+pub mod plot;
 
 pub use classification::{EpochMetrics, TrainReport, train_classifier};
 pub use config::{EvalConfig, TrainConfig, ZooConfig};

@@ -99,6 +99,12 @@ fn tiny_vit_and_tnt_learn_the_shapes() {
         assert!(report.best_top1 >= 0.5, "{name}: best top-1 {:.3} is not well above chance", report.best_top1);
         assert!(last.train_loss < first.train_loss, "{name}: training loss did not fall");
         assert!(report.best_model.is_file() && report.last_model.is_file());
+        // The curves are drawn every epoch beside metrics.jsonl.
+        let curves = report.output_dir.join("curves.png");
+        assert_eq!(
+            image::image_dimensions(&curves).unwrap_or_else(|e| panic!("{}: {e}", curves.display())),
+            (1500, 460)
+        );
     }
 }
 
