@@ -84,18 +84,17 @@ def tnt_case(out):
     save(os.path.join(fixture, "attention"), arrays)
 
 
-def detr_case(out):
+def tiny_detr(fixture, **config):
+    """The tiny DETR fixture (make_model_fixtures.py's structure) with its weights, eager
+    attention so that the probabilities are returned; `config` adds DetrConfig fields."""
     from transformers import DetrConfig, DetrForObjectDetection
     from transformers.models.detr.modeling_detr import replace_batch_norm
 
-    fixture = os.path.join(out, "detr_tiny")
-    # The fixture's structure (make_model_fixtures.py), eager attention so that the
-    # probabilities are returned.
     d, heads, ffn, enc, dec, queries, labels = 32, 4, 64, 2, 2, 10, 5
     cfg = DetrConfig(d_model=d, encoder_layers=enc, decoder_layers=dec, encoder_attention_heads=heads,
                      decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
                      num_queries=queries, num_labels=labels, dropout=0.0, attention_dropout=0.0,
-                     activation_dropout=0.0, attn_implementation="eager")
+                     activation_dropout=0.0, attn_implementation="eager", **config)
     m = DetrForObjectDetection(cfg)
     tiny = timm.create_model("resnet50", features_only=True, out_indices=[1, 2, 3, 4], layers=(1, 1, 1, 1),
                              channels=(8, 16, 32, 64))
@@ -111,6 +110,12 @@ def detr_case(out):
         state = {rename(k): v for k, v in state.items()}
     missing, unexpected = m.load_state_dict(state, strict=False)
     assert not unexpected and all("num_batches_tracked" in k for k in missing), (missing, unexpected)
+    return m
+
+
+def detr_case(out):
+    fixture = os.path.join(out, "detr_tiny")
+    m = tiny_detr(fixture)
     m.eval()
     x = torch.from_numpy(np.load(os.path.join(fixture, "input.npy")))
     mask = torch.from_numpy(np.load(os.path.join(fixture, "valid_mask.npy")).astype(np.int64))

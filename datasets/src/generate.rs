@@ -52,8 +52,13 @@ pub fn shape_image(class: usize, size: u32, rng: &mut StdRng) -> RgbImage {
     let s = size as f32;
     let (w, h) = (rng.random_range(0.5..0.9) * s, rng.random_range(0.5..0.9) * s);
     let (x0, y0) = (rng.random_range(0.0..s - w), rng.random_range(0.0..s - h));
-    let period = rng.random_range(0.07..0.13) * s;
-    let (ox, oy) = (rng.random_range(0.0..s), rng.random_range(0.0..s));
+    let period = rng.random_range(0.09..0.15) * s;
+    // The pattern's origin: anywhere for the periodic ones; inside the patch for the rings, whose
+    // curvature is what sets them apart (far from their centre they look like straight stripes).
+    let (ox, oy) = match SHAPES[class] {
+        "rings" => (-rng.random_range(0.2..0.8) * w, -rng.random_range(0.2..0.8) * h),
+        _ => (rng.random_range(0.0..s), rng.random_range(0.0..s)),
+    };
     RgbImage::from_fn(size, size, |px, py| {
         let (x, y) = (px as f32 + 0.5, py as f32 + 0.5);
         let inside = x >= x0 && x < x0 + w && y >= y0 && y < y0 + h;

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc::Receiver;
 
 use anyhow::{Context, Result, bail};
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
@@ -203,6 +203,39 @@ impl EpochTotals for DetrTotals {
     }
 }
 
+/// DETR's parameter groups: the backbone at `train.backbone_lr`, its first
+/// `train.frozen_backbone_parts` frozen (facebookresearch/detr: 1e-5, the stem and layer1).
+pub fn detr_param_groups(cfg: &TrainConfig) -> ParamGroups {
+    let backbone_lr = cfg.backbone_lr.unwrap_or(cfg.lr);
+    ParamGroups {
+        no_weight_decay: None,
+        lr: vec![(Detr::backbone_params().into(), backbone_lr)],
+        frozen: Detr::frozen_backbone(cfg.frozen_backbone_parts),
+    }
+}
+
+/// One batch's forward and backward pass, as the training loop runs it: the set loss of every
+/// decoder layer on the padded `images` (`mask` true on padding) against `targets`, scaled by
+/// `scale` (for gradient accumulation) before the backward pass; adds the gradients to `grads`
+/// and returns the unscaled total and the last layer's unweighted class, L1 and GIoU losses.
+pub fn detr_step(
+    model: &Detr,
+    criterion: &SetCriterion,
+    images: Tensor<4>,
+    mask: Tensor<3, Bool>,
+    targets: &[DetrTarget],
+    scale: f64,
+    grads: &mut GradientsAccumulator<Detr>,
+) -> Result<(f64, [f64; 3])> {
+    let outputs = model.forward_all(images, mask);
+    let (loss, per_layer) = criterion.loss(&outputs, targets)?;
+    let loss = loss.mul_scalar(scale);
+    let last = per_layer.last().expect("at least one decoder layer");
+    let parts = [last.ce.clone(), last.bbox.clone(), last.giou.clone()].map(|t| t.into_scalar::<f64>());
+    grads.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+    Ok((loss.into_scalar::<f64>() / scale, parts))
+}
+
 impl Task for DetrTask<'_> {
     type Model = Detr;
     type Batch = DetrHostBatch;
@@ -219,12 +252,7 @@ impl Task for DetrTask<'_> {
     }
 
     fn param_groups(&self, _: &Detr) -> ParamGroups {
-        let backbone_lr = self.cfg.backbone_lr.unwrap_or(self.cfg.lr);
-        ParamGroups {
-            no_weight_decay: None,
-            lr: vec![(Detr::backbone_params().into(), backbone_lr)],
-            frozen: Detr::frozen_backbone(self.cfg.frozen_backbone_parts),
-        }
+        detr_param_groups(self.cfg)
     }
 
     fn load_initial(&self, mut model: Detr) -> Result<Detr> {
@@ -268,16 +296,9 @@ impl Task for DetrTask<'_> {
     }
 
     fn train_step(&self, model: &Detr, batch: DetrHostBatch, step: &mut Step<Self>) -> Result<()> {
-        let accum = self.cfg.grad_accum as f64;
+        let scale = 1.0 / self.cfg.grad_accum as f64;
         let (images, mask) = pad_batch(&batch.images, step.device);
-        let outputs = model.forward_all(images, mask);
-        let (loss, per_layer) = self.criterion.loss(&outputs, &batch.targets)?;
-        let loss = loss.div_scalar(accum);
-        let last = per_layer.last().expect("at least one decoder layer");
-        let parts = [last.ce.clone(), last.bbox.clone(), last.giou.clone()].map(|t| t.into_scalar::<f64>());
-        let grads = GradientsParams::from_grads(loss.backward(), model);
-        step.grads.accumulate(model, grads);
-        let total = loss.into_scalar::<f64>() * accum;
+        let (total, parts) = detr_step(model, &self.criterion, images, mask, &batch.targets, scale, &mut step.grads)?;
         if !total.is_finite() {
             bail!(
                 "the loss is {total} at epoch {} batch {}: training diverged (try a lower train.lr)",

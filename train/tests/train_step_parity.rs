@@ -2,18 +2,26 @@
 //! make_train_step_fixtures.py): the tiny ViT fixture, the same batch, label-smoothed cross
 //! entropy, backward, global gradient-norm clipping, AdamW with the no-decay group and the
 //! warmup-cosine learning rate per step. Each step's loss and learning rate, and every parameter
-//! after the third step, must agree to 1e-5 (relative).
+//! after the third step, must agree to 1e-5 (relative). The same for the tiny DETR against
+//! facebookresearch/detr's set loss over every decoder layer (transformers' port of the
+//! criterion on facebookresearch's auxiliary outputs) with detr's optimizer: a backbone group at
+//! its own learning rate, the stem and layer1 frozen, clipping at 0.1.
 
 use std::path::{Path, PathBuf};
 
 use burn::optim::GradientsAccumulator;
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, bridge};
+use zoo_datasets::DetrTarget;
 use zoo_models::Classifier;
+use zoo_models::resnet::ResNet;
+use zoo_models::{ModelConfig, load_weights};
 use zoo_train::ZooConfig;
 use zoo_train::classification::{classifier_param_groups, classifier_step};
+use zoo_train::detection::{detr_param_groups, detr_step};
+use zoo_train::detr_loss::SetCriterion;
 use zoo_train::mix::smoothed_one_hot;
-use zoo_train::optimizer::{adamw, lr_scheduler, optimizer_step};
+use zoo_train::optimizer::{adamw, lr_scheduler, optimizer_step, param_group};
 
 fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(path)
@@ -26,7 +34,7 @@ fn read_npy<T: npyz::Deserialize>(path: &Path) -> (Vec<usize>, Vec<T>) {
 }
 
 /// Every float parameter by name.
-fn parameters(model: &Classifier) -> Vec<(String, Vec<f32>)> {
+fn parameters<M: ModuleSnapshot>(model: &M) -> Vec<(String, Vec<f32>)> {
     model
         .collect(None, None, false)
         .into_iter()
@@ -35,6 +43,36 @@ fn parameters(model: &Classifier) -> Vec<(String, Vec<f32>)> {
             (name, bridge::into_data(pack).unwrap().convert::<f32>().try_to_vec::<f32>().unwrap())
         })
         .collect()
+}
+
+/// The largest `||ours - reference|| / ||reference||` over the parameters, and its name. The key
+/// third of a fused q/k/v bias (ViT's `qkv.bias`, DETR's `in_proj_bias`) has no gradient in exact
+/// arithmetic (a constant added to one query's scores leaves its softmax unchanged): both sides
+/// hold rounding noise there, which AdamW turns into steps of up to the learning rate. It is
+/// checked apart, against `key_bias_bound` (twice the learning rates summed over the steps).
+fn compare_parameters(ours: &[(String, Vec<f32>)], reference: &[(String, Vec<f32>)], lr_sum: f32) -> (f32, String) {
+    assert_eq!(ours.len(), reference.len());
+    let relative = |a: &[f32], b: &[f32]| {
+        let diff = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt();
+        diff / b.iter().map(|y| y * y).sum::<f32>().sqrt().max(f32::MIN_POSITIVE)
+    };
+    let mut worst = (0.0f32, String::new());
+    for ((name, a), (ref_name, b)) in ours.iter().zip(reference) {
+        assert_eq!(name, ref_name);
+        let (a, b) = if name.ends_with("qkv.bias") || name.ends_with("in_proj_bias") {
+            let d = a.len() / 3;
+            let moved = a[d..2 * d].iter().zip(&b[d..2 * d]).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            assert!(moved <= 2.0 * lr_sum, "{name}: key bias {moved} apart, more than AdamW's steps can move it");
+            ([&a[..d], &a[2 * d..]].concat(), [&b[..d], &b[2 * d..]].concat())
+        } else {
+            (a.clone(), b.clone())
+        };
+        let relative = relative(&a, &b);
+        if relative > worst.0 {
+            worst = (relative, name.clone());
+        }
+    }
+    worst
 }
 
 #[test]
@@ -82,34 +120,82 @@ fn three_vit_training_steps_equal_timms() {
         .unwrap()
         .load(&fixture("vit_tiny/train_steps/model.safetensors"))
         .unwrap();
-    let reference = parameters(&reference);
-    let ours = parameters(&model.valid());
-    assert_eq!(ours.len(), reference.len());
-    let relative = |a: &[f32], b: &[f32]| {
-        let diff = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt();
-        diff / b.iter().map(|y| y * y).sum::<f32>().sqrt()
-    };
-    let mut worst = (0.0f32, String::new());
-    for ((name, a), (ref_name, b)) in ours.iter().zip(&reference) {
-        assert_eq!(name, ref_name);
-        // ||ours - timm|| / ||timm|| per tensor. The key third of a fused qkv bias has no
-        // gradient in exact arithmetic (a constant added to one query's scores leaves its softmax
-        // unchanged): both sides hold rounding noise there, which AdamW turns into steps of up to
-        // the learning rate. It is compared apart, against that bound.
-        let (a, b) = if name.ends_with("attn.qkv.bias") {
-            let d = a.len() / 3;
-            let moved = a[d..2 * d].iter().zip(&b[d..2 * d]).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-            let bound = lrs.iter().sum::<f64>() as f32 * 2.0;
-            assert!(moved <= bound, "{name}: key bias {moved} apart, more than AdamW's steps can move it");
-            ([&a[..d], &a[2 * d..]].concat(), [&b[..d], &b[2 * d..]].concat())
-        } else {
-            (a.clone(), b.clone())
-        };
-        let relative = relative(&a, &b);
-        if relative > worst.0 {
-            worst = (relative, name.clone());
-        }
-    }
+    let (reference, ours) = (parameters(&reference), parameters(&model.valid()));
+    let worst = compare_parameters(&ours, &reference, lrs.iter().sum::<f64>() as f32);
     println!("after 3 steps: every parameter within {:e} of timm's (relative, worst {})", worst.0, worst.1);
     assert!(worst.0 < 1e-5, "{} is {:e} off timm's after 3 steps", worst.1, worst.0);
+}
+
+/// Per decoder layer, per image, the matched `(query, target)` pairs.
+type Matching = Vec<Vec<Vec<(usize, usize)>>>;
+
+#[test]
+fn three_detr_training_steps_equal_transformers() {
+    // The script's recipe: lr 1e-4, backbone 1e-5, weight decay 1e-4, clipping at 0.1, the stem
+    // and layer1 frozen, the learning rate constant (lr_drop at the last epoch), no dropout.
+    let model_toml = std::fs::read_to_string(fixture("detr_tiny/config.toml")).unwrap();
+    let config = ZooConfig::from_toml_str(&format!(
+        "{model_toml}dropout = 0.0\n[train]\ntrain_dir = \"unused\"\nval_dir = \"unused\"\noutput_dir = \"unused\"\n\
+         train_annotations = \"unused\"\nval_annotations = \"unused\"\nepochs = 10\nbatch_size = 2\nlr = 1e-4\n\
+         backbone_lr = 1e-5\nweight_decay = 1e-4\ngrad_clip = 0.1\nlr_drop = 10\nfrozen_backbone_parts = 2\n"
+    ))
+    .unwrap();
+    let cfg = config.train.as_ref().unwrap();
+    let ModelConfig::Detr(detr) = &config.model else { panic!("detr_tiny is a DETR config") };
+    let device = Device::flex().autodiff();
+    let mut model = load_weights(detr.init(&device), &fixture("detr_tiny/model.safetensors")).unwrap();
+    let groups = detr_param_groups(cfg);
+    let frozen = groups.frozen.clone().expect("the stem and layer1 are frozen");
+    model = model.set_require_grad_group(param_group(&frozen).unwrap(), false);
+    let (shape, x) = read_npy::<f32>(&fixture("detr_tiny/input.npy"));
+    let images = Tensor::<4>::from_data(TensorData::new(x, shape), &device);
+    let (shape, valid) = read_npy::<u8>(&fixture("detr_tiny/valid_mask.npy"));
+    let padding: Vec<bool> = valid.iter().map(|v| *v == 0).collect();
+    let mask = Tensor::<3, Bool>::from_data(TensorData::new(padding, shape), &device);
+    let targets = vec![
+        DetrTarget { labels: vec![1, 3], boxes: vec![[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]] },
+        DetrTarget { labels: vec![2], boxes: vec![[0.5, 0.5, 0.4, 0.4]] },
+    ];
+
+    let mut optim = adamw(cfg, &groups).unwrap();
+    let mut sched = lr_scheduler(cfg, &groups, 1).unwrap();
+    let (_, losses) = read_npy::<f32>(&fixture("detr_tiny/train_steps/losses.npy"));
+    // The assignment the reference's loss used: with random weights the queries are nearly alike
+    // and their costs close (within 1e-5), so the zoo's matcher must find the same one for the
+    // losses to be comparable at all.
+    let text = std::fs::read_to_string(fixture("detr_tiny/train_steps/matchings.json")).unwrap();
+    let matchings: Vec<Matching> = serde_json::from_str(&text).unwrap();
+    let criterion = SetCriterion::default();
+    for (step, &loss_ref) in losses.iter().enumerate() {
+        let outputs = model.forward_all(images.clone(), mask.clone());
+        let matching: Vec<_> = outputs.iter().map(|out| criterion.match_layer(out, &targets).unwrap()).collect();
+        assert_eq!(matching, matchings[step], "step {}: another assignment than the reference's", step + 1);
+        let mut grads = GradientsAccumulator::new();
+        let (loss, _) = detr_step(&model, &criterion, images.clone(), mask.clone(), &targets, 1.0, &mut grads).unwrap();
+        (model, _) = optimizer_step(model, &mut optim, &mut sched, &mut grads, cfg.grad_clip);
+        let loss_diff = (loss - loss_ref as f64).abs() / loss_ref as f64;
+        println!("step {}: loss {loss} (reference {loss_ref}, {loss_diff:e} relative)", step + 1);
+        assert!(loss_diff < 1e-5, "step {}: loss {loss} against the reference's {loss_ref}", step + 1);
+    }
+
+    let reference =
+        load_weights(detr.init(&Device::flex()), &fixture("detr_tiny/train_steps/model.safetensors")).unwrap();
+    let initial =
+        parameters(&load_weights(detr.init(&Device::flex()), &fixture("detr_tiny/model.safetensors")).unwrap());
+    let ours = parameters(&model.valid());
+    // The frozen stem and layer1 have not moved.
+    let frozen_parts: Vec<String> = ResNet::freeze_groups()[..cfg.frozen_backbone_parts]
+        .concat()
+        .iter()
+        .map(|p| format!("backbone.{p}."))
+        .collect();
+    let kept =
+        ours.iter().zip(&initial).filter(|((name, _), _)| frozen_parts.iter().any(|p| name.contains(p.as_str())));
+    assert!(kept.clone().count() > 0, "some parameters are frozen");
+    for ((name, a), (_, b)) in kept {
+        assert_eq!(a, b, "{name} is frozen but changed");
+    }
+    let worst = compare_parameters(&ours, &parameters(&reference), 3e-4);
+    println!("after 3 steps: every parameter within {:e} of the reference's (relative, worst {})", worst.0, worst.1);
+    assert!(worst.0 < 1e-5, "{} is {:e} off the reference's after 3 steps", worst.1, worst.0);
 }
