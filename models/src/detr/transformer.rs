@@ -82,9 +82,13 @@ pub struct TransformerDims {
     pub dropout: f64,
 }
 
-/// A `[d_in, d_out]` linear layer initialised Xavier-uniform, as every transformer matrix is.
-fn xavier_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
-    LinearConfig::new(d_in, d_out).with_initializer(Initializer::XavierUniform { gain: 1.0 }).init(device)
+/// The feed-forward sublayer's `linear1` (`d -> dim_feedforward`) and `linear2` (back to `d`),
+/// initialised Xavier-uniform as every transformer matrix is.
+fn feed_forward_layers(dims: &TransformerDims, device: &Device) -> [Linear; 2] {
+    let xavier = |d_in, d_out| {
+        LinearConfig::new(d_in, d_out).with_initializer(Initializer::XavierUniform { gain: 1.0 }).init(device)
+    };
+    [xavier(dims.d_model, dims.dim_feedforward), xavier(dims.dim_feedforward, dims.d_model)]
 }
 
 /// Post-norm encoder layer; the position embedding is added to queries and keys only.
@@ -101,15 +105,10 @@ pub struct EncoderLayer {
 
 impl EncoderLayer {
     pub fn new(dims: &TransformerDims, device: &Device) -> Self {
-        let d = dims.d_model;
-        Self {
-            self_attn: MultiheadAttention::new(d, dims.nhead, device),
-            linear1: xavier_linear(d, dims.dim_feedforward, device),
-            linear2: xavier_linear(dims.dim_feedforward, d, device),
-            norm1: LayerNormConfig::new(d).init(device),
-            norm2: LayerNormConfig::new(d).init(device),
-            dropout: dims.dropout,
-        }
+        let self_attn = MultiheadAttention::new(dims.d_model, dims.nhead, device);
+        let [linear1, linear2] = feed_forward_layers(dims, device);
+        let [norm1, norm2] = [(); 2].map(|_| LayerNormConfig::new(dims.d_model).init(device));
+        Self { self_attn, linear1, linear2, norm1, norm2, dropout: dims.dropout }
     }
 
     /// With `maps`, the self-attention's probabilities are recorded as `encoder_attn`.
@@ -163,17 +162,10 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     pub fn new(dims: &TransformerDims, device: &Device) -> Self {
-        let d = dims.d_model;
-        Self {
-            self_attn: MultiheadAttention::new(d, dims.nhead, device),
-            multihead_attn: MultiheadAttention::new(d, dims.nhead, device),
-            linear1: xavier_linear(d, dims.dim_feedforward, device),
-            linear2: xavier_linear(dims.dim_feedforward, d, device),
-            norm1: LayerNormConfig::new(d).init(device),
-            norm2: LayerNormConfig::new(d).init(device),
-            norm3: LayerNormConfig::new(d).init(device),
-            dropout: dims.dropout,
-        }
+        let [self_attn, multihead_attn] = [(); 2].map(|_| MultiheadAttention::new(dims.d_model, dims.nhead, device));
+        let [linear1, linear2] = feed_forward_layers(dims, device);
+        let [norm1, norm2, norm3] = [(); 3].map(|_| LayerNormConfig::new(dims.d_model).init(device));
+        Self { self_attn, multihead_attn, linear1, linear2, norm1, norm2, norm3, dropout: dims.dropout }
     }
 
     pub fn forward(
