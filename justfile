@@ -61,6 +61,10 @@ classify config weights +images: build
 attention config weights image out *args: build
     {{zoo}} attention --config {{config}} --weights {{weights}} --image {{image}} --out {{out}} {{args}}
 
+# Training curves of several runs on one picture: just plot runs/a runs/b --out compare.png
+plot +args: build
+    {{zoo}} plot {{args}}
+
 # Convert a checkpoint to burnpack: just convert configs/vit_b16.toml in.safetensors out.bpk
 convert config weights out: build
     {{zoo}} convert --config {{config}} --weights {{weights}} --out {{out}}

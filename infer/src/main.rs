@@ -125,7 +125,7 @@ enum Command {
         #[arg(long)]
         epochs: Option<usize>,
         /// Generated training images per class (a quarter as many for validation).
-        #[arg(long, default_value_t = 160)]
+        #[arg(long, default_value_t = 200)]
         train_per_class: usize,
         /// DETR epochs (default: the embedded config's); 0 skips the detector.
         #[arg(long)]
