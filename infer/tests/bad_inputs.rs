@@ -287,8 +287,8 @@ fn bad_inputs_are_clear_errors() {
     assert!(failures.is_empty(), "{} of {} cases unclear:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
-/// Valid input that used to go wrong: two inputs of one name both get their picture, and a
-/// reader that closes the pipe ends the program quietly.
+/// Valid input that used to go wrong: two inputs of one name both get their picture, a BMP is
+/// read, and a reader that closes the pipe ends the program quietly.
 #[test]
 fn odd_but_valid_inputs_work() {
     let tmp = tempfile::tempdir().unwrap();
@@ -303,6 +303,24 @@ fn odd_but_valid_inputs_work() {
     for name in ["x.detections.png", "x-2.detections.png"] {
         assert!(dir.join("drawn").join(name).is_file(), "{name}");
     }
+
+    // BMP, listed among the formats, is compiled in.
+    let bmp = dir.join("x.bmp");
+    image::RgbImage::from_pixel(40, 30, image::Rgb([10, 200, 90])).save(&bmp).unwrap();
+    let vit = repo("models/tests/fixtures/vit_tiny");
+    let out = zoo(
+        &[
+            "classify",
+            "--config",
+            &vit.join("config.toml").display().to_string(),
+            "--weights",
+            &vit.join("model.safetensors").display().to_string(),
+            "--image",
+            &bmp.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // `zoo classify ... | head -0`: the reader is gone before the first line is written.
     let mut child = Command::new(env!("CARGO_BIN_EXE_zoo"))

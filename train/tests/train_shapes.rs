@@ -252,6 +252,16 @@ fn checkpoints_are_checked_on_resume() {
     assert!(err.contains("optimizer.bpk") && err.contains("damaged"), "{err}");
     std::fs::write(&optimizer, &original).unwrap();
 
+    // A progress file claiming 1e11 optimizer steps (the schedule would be replayed for hours).
+    let progress_path = last.join("progress.json");
+    let text = std::fs::read_to_string(&progress_path).unwrap();
+    let mut progress: serde_json::Value = serde_json::from_str(&text).unwrap();
+    progress["step"] = serde_json::json!(100_000_000_000u64);
+    std::fs::write(&progress_path, progress.to_string()).unwrap();
+    let err = err_of(&cfg, &resume);
+    assert!(err.contains("progress.json") && err.contains("100000000000 optimizer steps"), "{err}");
+    std::fs::write(&progress_path, text).unwrap();
+
     // Another batch size would follow another schedule.
     let mut other = cfg.clone();
     other.train.as_mut().unwrap().batch_size = 8;
