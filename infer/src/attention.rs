@@ -294,6 +294,16 @@ pub fn classifier_attention(
     }
     let (logits, maps) = model.forward_attention(images);
     let maps = host_maps(maps)?;
+    let outer = &maps["attn"];
+    let n = outer[0].dims[2];
+    let grid = (n - 1).isqrt();
+    if grid * grid + 1 != n {
+        bail!("the model's {} tokens are not a class token and a square grid of patches", n);
+    }
+    let patch = opts.patch.unwrap_or(grid / 2 * grid + grid / 2);
+    if maps.contains_key("inner_attn") && patch >= grid * grid {
+        bail!("--patch {patch}: the model has {} patches (0 to {})", grid * grid, grid * grid - 1);
+    }
     let mut written = match &opts.npy_out {
         Some(dir) => write_npy(dir, &maps)?,
         None => vec![],
@@ -303,12 +313,6 @@ pub fn classifier_attention(
     let labels = config.labels()?;
     let name = |class: usize| labels.as_ref().map_or(format!("class {class}"), |l| l[class].clone());
     let mut summary = Vec::new();
-    let outer = &maps["attn"];
-    let n = outer[0].dims[2];
-    let grid = (n - 1).isqrt();
-    if grid * grid + 1 != n {
-        bail!("the model's {} tokens are not a class token and a square grid of patches", n);
-    }
     if let (Some(dir), Inputs::Images(paths)) = (&opts.out, inputs) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (b, (stem, photo)) in stems(paths).iter().zip(&photos).enumerate() {
@@ -324,10 +328,6 @@ pub fn classifier_attention(
                 panels.push((format!("last layer head {head}"), img));
             }
             if let Some(inner) = maps.get("inner_attn") {
-                let patch = opts.patch.unwrap_or(grid / 2 * grid + grid / 2);
-                if patch >= grid * grid {
-                    bail!("--patch {patch}: the model has {} patches (0 to {})", grid * grid, grid * grid - 1);
-                }
                 panels.push((
                     format!("inner attention patch {patch}"),
                     inner_picture(&transform, photo, grid, inner, b, patch),

@@ -127,7 +127,25 @@ fn bad_inputs_are_clear_errors() {
 
     std::fs::write(dir.join("empty_metrics.jsonl"), "").unwrap();
     let plot_out = dir.join("plot.png").display().to_string();
+    let tnt = repo("models/tests/fixtures/tnt_tiny");
+    let tnt_attention = |extra: &[&str]| {
+        let mut args: Vec<String> = ["attention", "--config", "config.toml", "--weights", "model.safetensors"]
+            .iter()
+            .map(|a| if a.contains('.') { tnt.join(a).display().to_string() } else { a.to_string() })
+            .collect();
+        args.extend(["--input-npy".to_string(), tnt.join("input.npy").display().to_string()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let npy_out = dir.join("attention_npy").display().to_string();
     let cases: Vec<Case> = vec![
+        (
+            "attention patch out of range",
+            tnt_attention(&["--npy-out", &npy_out, "--patch", "99"]),
+            vec![],
+            &["--patch 99", "4 patches"],
+        ),
+        ("attention pictures of an npy", tnt_attention(&["--out", &npy_out]), vec![], &["--out", "--image"]),
         (
             "plot of no epochs",
             ["plot", &dir.join("empty_metrics.jsonl").display().to_string(), "--out", &plot_out]
