@@ -239,19 +239,6 @@ fn save(img: &RgbImage, path: PathBuf, written: &mut Vec<PathBuf>) -> Result<()>
     Ok(())
 }
 
-/// Output names `<stem>` for the inputs, with `-2`, `-3`... where two share one.
-fn stems(inputs: &[PathBuf]) -> Vec<String> {
-    let mut used = std::collections::HashSet::new();
-    inputs
-        .iter()
-        .map(|p| {
-            let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("image").to_string();
-            let mut names = (1..).map(|n| if n == 1 { stem.clone() } else { format!("{stem}-{n}") });
-            names.find(|n| used.insert(n.clone())).expect("some name is free")
-        })
-        .collect()
-}
-
 /// The files written and a line per image of what the model saw.
 pub struct AttentionReport {
     pub written: Vec<PathBuf>,
@@ -315,7 +302,8 @@ pub fn classifier_attention(
     let mut summary = Vec::new();
     if let (Some(dir), Inputs::Images(paths)) = (&opts.out, inputs) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        for (b, (stem, photo)) in stems(paths).iter().zip(&photos).enumerate() {
+        for (b, (stem, photo)) in draw::unique_stems(paths.iter().map(PathBuf::as_path)).iter().zip(&photos).enumerate()
+        {
             let heat = |values: Vec<f32>| crop_heat_map(&transform, photo, grid, values);
             let mut panels = Vec::new();
             let layers: Vec<Vec<f32>> = outer.iter().map(|p| p.head_mean_matrix(b)).collect();
@@ -437,10 +425,13 @@ pub fn detr_attention(
         None => vec![],
     };
     let [fh, fw] = result.feature_size;
+    // Per image, the detections scoring at least the threshold, with their query.
+    let kept: Vec<Vec<(usize, &zoo_models::detr::Detection)>> = detections
+        .iter()
+        .map(|dets| dets.iter().enumerate().filter(|(_, d)| d.score >= opts.threshold).collect())
+        .collect();
     let mut summary = Vec::new();
-    for (b, dets) in detections.iter().enumerate() {
-        let kept: Vec<(usize, &zoo_models::detr::Detection)> =
-            dets.iter().enumerate().filter(|(_, d)| d.score >= opts.threshold).collect();
+    for (b, kept) in kept.iter().enumerate() {
         let listed: Vec<String> = kept.iter().map(|(_, d)| format!("{} {:.2}", names[d.label], d.score)).collect();
         summary.push(format!("image {b}: {} detections above {}: {}", kept.len(), opts.threshold, listed.join(", ")));
     }
@@ -448,30 +439,18 @@ pub fn detr_attention(
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let cross = maps["decoder_cross_attn"].last().expect("at least one decoder layer");
         let encoder = maps.get("encoder_attn").and_then(|l| l.last());
-        for (b, stem) in stems(paths).iter().enumerate() {
+        for (b, stem) in draw::unique_stems(paths.iter().map(PathBuf::as_path)).iter().enumerate() {
             let photo = &photos[b];
             // Feature cell (r, c) covers resized pixels [r, r+1) * padded/feature; in photo pixels:
             let (sy, sx) = (sizes[b].0 as f32 / valid[b].0 as f32, sizes[b].1 as f32 / valid[b].1 as f32);
             let cell = (padded_w as f32 / fw as f32 * sx, padded_h as f32 / fh as f32 * sy);
             let heat = |values: Vec<f32>| HeatMap { values, rows: fh, cols: fw, origin: (0.0, 0.0), cell };
             let mut panels = Vec::new();
-            let kept: Vec<(usize, &zoo_models::detr::Detection)> =
-                detections[b].iter().enumerate().filter(|(_, d)| d.score >= opts.threshold).collect();
+            let kept = &kept[b];
             for (k, (query, d)) in kept.iter().enumerate() {
                 let (mut img, _) = render(photo, &heat(cross.head_mean(b, *query)));
-                let colour = draw::class_colour(d.label);
-                let scale = (img.width().max(img.height()) as i64 / 400).max(1);
-                draw::rectangle(&mut img, d.bbox_xyxy, 2 * scale, colour);
                 let text = format!("{} {:.2}", names[d.label], d.score);
-                let [x, y, ..] = d.bbox_xyxy;
-                draw::label(
-                    &mut img,
-                    &text,
-                    x.round() as i64,
-                    (y.round() as i64 - 8 * scale - 2).max(0),
-                    scale,
-                    colour,
-                );
+                draw::labelled_box(&mut img, d.bbox_xyxy, &text, draw::class_colour(d.label));
                 let title = format!("object {k} {}", names[d.label]);
                 save(&img, dir.join(format!("{stem}.object{k}.png")), &mut written)?;
                 panels.push((title, img));

@@ -135,19 +135,12 @@ pub fn detect(
 pub fn draw_detections(out: &DetectOutput, pictures: Vec<RgbImage>, out_dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let mut written = Vec::new();
-    let mut used = std::collections::HashSet::new();
-    for ((input, dets), mut img) in out.inputs.iter().zip(&out.detections).zip(pictures) {
-        let scale = (img.width().max(img.height()) as i64 / 400).max(1);
+    let names = draw::unique_stems(out.inputs.iter().map(Path::new));
+    for ((name, dets), mut img) in names.iter().zip(&out.detections).zip(pictures) {
         for d in dets.iter().rev() {
-            let colour = draw::class_colour(d.category_id);
-            let [x, y, ..] = d.bbox;
-            draw::rectangle(&mut img, box_xywh_to_xyxy(d.bbox), 2 * scale, colour);
             let text = format!("{} {:.2}", d.category, d.score);
-            draw::label(&mut img, &text, x.round() as i64, (y.round() as i64 - 8 * scale - 2).max(0), scale, colour);
+            draw::labelled_box(&mut img, box_xywh_to_xyxy(d.bbox), &text, draw::class_colour(d.category_id));
         }
-        let stem = Path::new(input).file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-        let name = (1..).map(|n| if n == 1 { stem.to_string() } else { format!("{stem}-{n}") });
-        let name = name.into_iter().find(|n| used.insert(n.clone())).expect("some name is free");
         let path = out_dir.join(format!("{name}.detections.png"));
         img.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);

@@ -1,5 +1,7 @@
 //! Boxes and labels drawn onto an image, for people to look at.
 
+use std::path::Path;
+
 use font8x8::{BASIC_FONTS, UnicodeFonts};
 use image::{Rgb, RgbImage};
 
@@ -64,4 +66,24 @@ pub fn label(img: &mut RgbImage, text: &str, x: i64, y: i64, scale: i64, backgro
             }
         }
     }
+}
+
+/// A detection's box `[x0, y0, x1, y1]` in `colour` with `text` above it, sized to the image.
+pub fn labelled_box(img: &mut RgbImage, [x0, y0, x1, y1]: [f32; 4], text: &str, colour: Rgb<u8>) {
+    let scale = (img.width().max(img.height()) as i64 / 400).max(1);
+    rectangle(img, [x0, y0, x1, y1], 2 * scale, colour);
+    label(img, text, x0.round() as i64, (y0.round() as i64 - 8 * scale - 2).max(0), scale, colour);
+}
+
+/// Output names for the inputs: each file's stem, with `-2`, `-3`... where two share one.
+pub fn unique_stems<'a>(inputs: impl IntoIterator<Item = &'a Path>) -> Vec<String> {
+    let mut used = std::collections::HashSet::new();
+    inputs
+        .into_iter()
+        .map(|p| {
+            let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("image").to_string();
+            let mut names = (1..).map(|n| if n == 1 { stem.clone() } else { format!("{stem}-{n}") });
+            names.find(|n| used.insert(n.clone())).expect("some name is free")
+        })
+        .collect()
 }
