@@ -57,6 +57,10 @@ test-backends:
 classify config weights +images: build
     {{zoo}} classify --config {{config}} --weights {{weights}} --image {{images}}
 
+# The Hub models the zoo runs by name (any command takes --model NAME instead of --config/--weights).
+models: build
+    {{zoo}} models
+
 # Attention maps over a photo: just attention configs/vit_b16.toml weights.safetensors cat.jpg out/attention [--npy-out DIR]
 attention config weights image out *args: build
     {{zoo}} attention --config {{config}} --weights {{weights}} --image {{image}} --out {{out}} {{args}}

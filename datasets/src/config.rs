@@ -37,6 +37,10 @@ pub struct DataConfig {
     /// Optional text file with one class name per line (line i = class i), relative to the config.
     #[serde(default)]
     pub labels: Option<PathBuf>,
+    /// The class names themselves (line i = class i), instead of a label file: what a model
+    /// from the Hub brings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub label_names: Vec<String>,
 }
 
 impl Default for DataConfig {
@@ -47,6 +51,7 @@ impl Default for DataConfig {
             interpolation: defaults::interpolation(),
             crop_pct: defaults::crop_pct(),
             labels: None,
+            label_names: Vec::new(),
         }
     }
 }
@@ -56,6 +61,9 @@ impl DataConfig {
     pub fn validate(&self) -> Result<(), String> {
         // The eval resize makes the shorter side image_size / crop_pct: 20x at most.
         check::number("data.crop_pct", self.crop_pct, 0.05..=1.0)?;
+        if self.labels.is_some() && !self.label_names.is_empty() {
+            return Err("give data.labels (a file) or data.label_names, not both".into());
+        }
         for (c, (&mean, &std)) in self.mean.iter().zip(&self.std).enumerate() {
             check::number(&format!("data.mean[{c}]"), mean.into(), ..)?;
             check::number(&format!("data.std[{c}]"), std.into(), (Bound::Excluded(0.0), Bound::Unbounded))?;
@@ -63,8 +71,11 @@ impl DataConfig {
         Ok(())
     }
 
-    /// Class names from `labels`, if a label file is named.
+    /// Class names from `label_names`, or from `labels` if a label file is named.
     pub fn labels(&self) -> std::io::Result<Option<Vec<String>>> {
+        if !self.label_names.is_empty() {
+            return Ok(Some(self.label_names.clone()));
+        }
         let Some(path) = &self.labels else { return Ok(None) };
         let text = std::fs::read_to_string(path)?;
         Ok(Some(text.lines().map(|l| l.trim().to_string()).collect()))

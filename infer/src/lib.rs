@@ -8,7 +8,9 @@ pub mod detect;
 pub mod device;
 pub mod draw;
 pub mod eval;
+pub mod hub;
 pub mod npy;
+pub mod pretrained;
 
 /// COCO evaluation lives with the datasets (training scores with it too).
 pub use zoo_datasets::coco_eval;

@@ -16,8 +16,10 @@ use zoo_infer::demo::{DemoOptions, run_demo};
 use zoo_infer::detect::{detect, draw_detections, load_detr};
 use zoo_infer::device::{compiled_backends, devices_named, select_device};
 use zoo_infer::eval::{eval_classifier, eval_detr};
+use zoo_infer::pretrained::Pretrained;
 use zoo_models::{ModelConfig, save_burnpack};
 use zoo_train::ZooConfig;
+use zoo_train::config::is_hub_name;
 use zoo_train::detection::train_detr;
 use zoo_train::{TrainOptions, train_classifier};
 
@@ -63,15 +65,44 @@ struct DeviceArg {
     device: Option<String>,
 }
 
+/// A model: by its Hub name, or a config file and a weights file.
+#[derive(Args)]
+struct ModelSource {
+    /// A model of the Hugging Face Hub by name, e.g. `timm/vit_base_patch16_224.augreg2_in21k_ft_in1k`
+    /// or `facebook/detr-resnet-50` (`@revision` to pin one): config, labels and weights from its
+    /// repository, downloaded once into the Hub's cache (HF_HOME, HF_ENDPOINT, HF_TOKEN,
+    /// HF_HUB_OFFLINE as huggingface_hub reads them). See `zoo models`.
+    #[arg(long, conflicts_with_all = ["config", "weights"], required_unless_present = "config")]
+    model: Option<String>,
+    /// The zoo's TOML config of the model.
+    #[arg(long, requires = "weights")]
+    config: Option<PathBuf>,
+    /// Weights: .safetensors or .pth/.pt/.bin as timm, transformers or facebookresearch/detr
+    /// write them, or the zoo's .bpk.
+    #[arg(long, requires = "config")]
+    weights: Option<PathBuf>,
+}
+
+impl ModelSource {
+    /// The config, the file it came from (named in errors) and the weights file.
+    fn resolve(&self) -> Result<(ZooConfig, PathBuf, PathBuf)> {
+        match (&self.model, &self.config, &self.weights) {
+            (Some(name), ..) => {
+                let pretrained = Pretrained::from_hub(name)?;
+                let weights = pretrained.weights()?;
+                Ok((pretrained.config, pretrained.config_file, weights))
+            }
+            (None, Some(config), Some(weights)) => Ok((ZooConfig::from_file(config)?, config.clone(), weights.clone())),
+            _ => bail!("give --model, or --config and --weights"),
+        }
+    }
+}
+
 /// A model, its weights and what to run it on.
 #[derive(Args)]
 struct ModelRun {
-    #[arg(long)]
-    config: PathBuf,
-    /// Weights: .safetensors or .pth/.pt/.bin as timm, transformers or facebookresearch/detr
-    /// write them, or the zoo's .bpk.
-    #[arg(long)]
-    weights: PathBuf,
+    #[command(flatten)]
+    source: ModelSource,
     /// Image files (PNG, JPEG), transformed as the model's evaluation does and batched by
     /// eval.batch_size (DETR pads each batch, as it does).
     #[arg(long, num_args = 1.., required_unless_present = "input_npy", conflicts_with = "input_npy")]
@@ -176,20 +207,16 @@ enum Command {
     },
     /// Convert a checkpoint (.safetensors, .pth) of any zoo model to burnpack (.bpk), which loads faster.
     Convert {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        weights: PathBuf,
+        #[command(flatten)]
+        source: ModelSource,
         #[arg(long)]
         out: PathBuf,
     },
     /// Evaluate on a dataset: DETR with --annotations/--images (COCO mAP), a classifier with
     /// --data (top-1/top-5 over class folders).
     Eval {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        weights: PathBuf,
+        #[command(flatten)]
+        source: ModelSource,
         /// COCO instances JSON (DETR).
         #[arg(long, requires = "images")]
         annotations: Option<PathBuf>,
@@ -222,8 +249,12 @@ enum Command {
     },
     /// Images per second of inference (or of a training step with --train), and peak memory.
     Bench {
+        /// The zoo's TOML config of the model (its weights are random: speed does not depend on them).
+        #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+        config: Option<PathBuf>,
+        /// Or a model of the Hub by name (its config only is read).
         #[arg(long)]
-        config: PathBuf,
+        model: Option<String>,
         #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         batch: usize,
         #[arg(long, default_value_t = 5, value_parser = at_least_one)]
@@ -259,6 +290,13 @@ enum Command {
     },
     /// List the backends compiled into this binary.
     Devices,
+    /// The models of the Hugging Face Hub the zoo runs by name (`--model`), with their input
+    /// size, parameter count and the accuracy upstream reports.
+    Models {
+        /// Print one JSON array.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A count or size that must be at least 1 (a benchmark of no iterations, no images or a
@@ -330,8 +368,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Classify { run, top_k, json } => {
             let device = select_device(run.device.device.as_deref())?;
-            let cfg = ZooConfig::from_file(&run.config)?;
-            let model = load_classifier(&cfg, &run.config, &run.weights, &device)?;
+            let (cfg, config, weights) = run.source.resolve()?;
+            let model = load_classifier(&cfg, &config, &weights, &device)?;
             let result = classify(&model, &cfg, &run.inputs(), top_k, &device)?;
             if json {
                 emit(format!("{}\n", serde_json::to_string(&result)?))?;
@@ -341,7 +379,18 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Train { config, resume, device } => {
             let device = select_device(device.device.as_deref())?;
-            let cfg = ZooConfig::from_file(&config)?;
+            let mut cfg = ZooConfig::from_file(&config)?;
+            if let Some(train) = &mut cfg.train
+                && let Some(init) = &train.init_from
+                && is_hub_name(init)
+                && !init.exists()
+            {
+                let name = init.to_string_lossy().into_owned();
+                let weights = Pretrained::from_hub(&name)
+                    .and_then(|p| p.weights())
+                    .with_context(|| format!("{}: train.init_from = \"{name}\"", config.display()))?;
+                train.init_from = Some(weights);
+            }
             let devices = devices_named(cfg.train.as_ref().map_or(&[][..], |t| &t.devices[..]))
                 .with_context(|| format!("config {}", config.display()))?;
             let options = TrainOptions { resume, devices, stop: Some(stop_on_ctrl_c()?), ..Default::default() };
@@ -373,9 +422,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Detect { run, threshold, out, json } => {
             let device = select_device(run.device.device.as_deref())?;
-            let cfg = ZooConfig::from_file(&run.config)?;
-            let model = load_detr(&cfg, &run.config, &run.weights, &device)?;
-            let (result, pictures) = detect(&model, &cfg, &run.config, &run.inputs(), threshold, &device)?;
+            let (cfg, config, weights) = run.source.resolve()?;
+            let model = load_detr(&cfg, &config, &weights, &device)?;
+            let (result, pictures) = detect(&model, &cfg, &config, &run.inputs(), threshold, &device)?;
             if let Some(dir) = out {
                 if pictures.is_empty() {
                     bail!("--out draws on images: give --image, not --input-npy");
@@ -392,13 +441,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Attention { run, out, npy_out, threshold, points, patch } => {
             let device = select_device(run.device.device.as_deref())?;
-            let cfg = ZooConfig::from_file(&run.config)?;
+            let (cfg, config, weights) = run.source.resolve()?;
             let opts = AttentionOptions { out, npy_out, threshold, points, patch };
             let report = if let ModelConfig::Detr(_) = cfg.model {
-                let model = load_detr(&cfg, &run.config, &run.weights, &device)?;
-                detr_attention(&model, &cfg, &run.config, &run.inputs(), &opts, &device)?
+                let model = load_detr(&cfg, &config, &weights, &device)?;
+                detr_attention(&model, &cfg, &config, &run.inputs(), &opts, &device)?
             } else {
-                let model = load_classifier(&cfg, &run.config, &run.weights, &device)?;
+                let model = load_classifier(&cfg, &config, &weights, &device)?;
                 classifier_attention(&model, &cfg, &run.inputs(), &opts, &device)?
             };
             let mut text: String = report.summary.iter().map(|l| format!("{l}\n")).collect();
@@ -406,12 +455,12 @@ fn run(cli: Cli) -> Result<()> {
             text.extend(report.written.iter().map(|p| format!("  {}\n", p.display())));
             emit(text)?;
         }
-        Command::Convert { config, weights, out } => {
+        Command::Convert { source, out } => {
             if out.extension().and_then(|e| e.to_str()) != Some("bpk") {
                 bail!("--out {}: the burnpack file name must end in .bpk", out.display());
             }
             let device = select_device(None)?;
-            let cfg = ZooConfig::from_file(&config)?;
+            let (cfg, config, weights) = source.resolve()?;
             let saved = match cfg.model {
                 ModelConfig::Detr(_) => save_burnpack(&load_detr(&cfg, &config, &weights, &device)?, &out),
                 _ => load_classifier(&cfg, &config, &weights, &device)?.save(&out),
@@ -419,9 +468,9 @@ fn run(cli: Cli) -> Result<()> {
             saved.with_context(|| format!("converting {}", weights.display()))?;
             emit(format!("wrote {}\n", out.display()))?;
         }
-        Command::Eval { config, weights, annotations, images, results_out, data, json, device } => {
+        Command::Eval { source, annotations, images, results_out, data, json, device } => {
             let device = select_device(device.device.as_deref())?;
-            let cfg = ZooConfig::from_file(&config)?;
+            let (cfg, config, weights) = source.resolve()?;
             match (&cfg.model, annotations, images, data) {
                 (ModelConfig::Detr(_), Some(annotations), Some(images), None) => {
                     let model = load_detr(&cfg, &config, &weights, &device)?;
@@ -462,9 +511,16 @@ fn run(cli: Cli) -> Result<()> {
                 emit(format!("{}\n", result.summary()))?;
             }
         }
-        Command::Bench { config, batch, iters, warmup, train, loader_data, detr_size, json, device } => {
+        Command::Bench { config, model, batch, iters, warmup, train, loader_data, detr_size, json, device } => {
             let device = select_device(device.device.as_deref())?;
-            let cfg = ZooConfig::from_file(&config)?;
+            let (cfg, config) = match (config, model) {
+                (Some(config), _) => (ZooConfig::from_file(&config)?, config),
+                (None, Some(name)) => {
+                    let pretrained = Pretrained::from_hub(&name)?;
+                    (pretrained.config, PathBuf::from(name))
+                }
+                (None, None) => bail!("give --config or --model"),
+            };
             if let Some(data) = loader_data {
                 let rate = bench_loader(&cfg, &data, batch)?;
                 emit(format!("training loader over {}: {rate:.1} images/s\n", data.display()))?;
@@ -506,6 +562,7 @@ fn run(cli: Cli) -> Result<()> {
             emit(format!("wrote {}\n", out.display()))?;
         }
         Command::Devices => emit(format!("{}\n", compiled_backends().join("\n")))?,
+        Command::Models { json } => emit(zoo_infer::pretrained::list_models(json)?)?,
     }
     Ok(())
 }

@@ -198,7 +198,45 @@ pub fn torchvision_key(key: &str) -> Option<String> {
     if key.ends_with("num_batches_tracked") {
         return None;
     }
+    let key = hf_resnet_key(key);
     Some(key.replace("downsample.0.", "downsample.conv.").replace("downsample.1.", "downsample.bn."))
+}
+
+/// A key of transformers' own `ResNetModel` / `ResNetBackbone` (`embedder.embedder.convolution`,
+/// `encoder.stages.{s}.layers.{b}.layer.{i}.normalization`, `...shortcut.convolution`) under its
+/// torchvision name (`conv1`, `layer{s+1}.{b}.bn{i+1}`, `...downsample.0`); other keys unchanged.
+/// Both lay the bottleneck out alike (stride in the 3x3, projection shortcut with batch norm).
+pub fn hf_resnet_key(key: &str) -> String {
+    let part = |name: &str| match name {
+        "convolution" => Some("conv"),
+        "normalization" => Some("bn"),
+        _ => None,
+    };
+    if let Some(rest) = key.strip_prefix("embedder.embedder.")
+        && let Some((module, param)) = rest.split_once('.')
+        && let Some(kind) = part(module)
+    {
+        return format!("{kind}1.{param}");
+    }
+    let fields: Vec<&str> = key.splitn(8, '.').collect();
+    match fields[..] {
+        ["encoder", "stages", stage, "layers", block, "layer", i, rest] => {
+            if let (Ok(stage), Ok(i), Some((module, param))) =
+                (stage.parse::<usize>(), i.parse::<usize>(), rest.split_once('.'))
+                && let Some(kind) = part(module)
+            {
+                return format!("layer{}.{block}.{kind}{}.{param}", stage + 1, i + 1);
+            }
+        }
+        ["encoder", "stages", stage, "layers", block, "shortcut", module, param] => {
+            if let (Ok(stage), Some(kind)) = (stage.parse::<usize>(), part(module)) {
+                let index = if kind == "conv" { 0 } else { 1 };
+                return format!("layer{}.{block}.downsample.{index}.{param}", stage + 1);
+            }
+        }
+        _ => {}
+    }
+    key.to_string()
 }
 
 /// torchvision checkpoints (`resnet50-*.pth`, ImageNet) load by name; a backbone without a
@@ -210,5 +248,26 @@ impl Checkpoint for ResNet {
             .filter(|(key, _)| self.fc.is_some() || !key.starts_with("fc."))
             .filter_map(|(key, value)| torchvision_key(&key).map(|k| (k, value)))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transformers_resnet_names_map_to_torchvision_names() {
+        for (hf, torchvision) in [
+            ("embedder.embedder.convolution.weight", "conv1.weight"),
+            ("embedder.embedder.normalization.running_var", "bn1.running_var"),
+            ("encoder.stages.0.layers.0.layer.0.convolution.weight", "layer1.0.conv1.weight"),
+            ("encoder.stages.3.layers.2.layer.2.normalization.bias", "layer4.2.bn3.bias"),
+            ("encoder.stages.1.layers.0.shortcut.convolution.weight", "layer2.0.downsample.conv.weight"),
+            ("encoder.stages.1.layers.0.shortcut.normalization.running_mean", "layer2.0.downsample.bn.running_mean"),
+            ("layer1.0.downsample.1.weight", "layer1.0.downsample.bn.weight"),
+        ] {
+            assert_eq!(torchvision_key(hf).as_deref(), Some(torchvision), "{hf}");
+        }
+        assert_eq!(torchvision_key("encoder.stages.0.layers.0.layer.0.normalization.num_batches_tracked"), None);
     }
 }

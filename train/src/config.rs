@@ -91,8 +91,9 @@ pub struct TrainConfig {
     pub hflip: f64,
     #[serde(default)]
     pub seed: u64,
-    /// Start from these weights (timm .safetensors/.pth or .bpk); a head of another size is
-    /// left at its initialisation (fine-tuning to a new number of classes).
+    /// Start from these weights (timm .safetensors/.pth or .bpk, or a Hub model by name such as
+    /// `timm/vit_base_patch16_224.augreg2_in21k_ft_in1k`); a head of another size is left at its
+    /// initialisation (fine-tuning to a new number of classes).
     #[serde(default)]
     pub init_from: Option<PathBuf>,
     /// Skip images that cannot be decoded (reported and counted) instead of stopping.
@@ -129,6 +130,18 @@ pub struct TrainConfig {
     /// Detection: DETR's training augmentation.
     #[serde(default)]
     pub detection: DetrAugmentConfig,
+}
+
+/// `owner/name` (or `owner/name@revision`) as the Hugging Face Hub names models: two parts of
+/// letters, digits, `-`, `_` and `.`, the second not a weights file's name.
+pub fn is_hub_name(path: &Path) -> bool {
+    let Some(text) = path.to_str() else { return false };
+    let repo = text.split_once('@').map_or(text, |(repo, _)| repo);
+    let part = |s: &str| {
+        !s.is_empty() && !s.starts_with(['.', '-']) && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    let weights = [".safetensors", ".pth", ".pt", ".bin", ".bpk"];
+    matches!(repo.split_once('/'), Some((owner, name)) if part(owner) && part(name) && !weights.iter().any(|w| name.ends_with(w)))
 }
 
 /// Defaults of the fields above (serde needs them as functions).
@@ -229,14 +242,15 @@ impl ZooConfig {
             if let Some(train) = &mut config.train {
                 resolve(&mut train.train_dir);
                 resolve(&mut train.val_dir);
-                for path in [
-                    &mut train.init_from,
-                    &mut train.backbone_init,
-                    &mut train.train_annotations,
-                    &mut train.val_annotations,
-                ]
-                .into_iter()
-                .flatten()
+                // `init_from = "owner/name"` names a Hub model when no such file is beside the config.
+                if let Some(init) = &mut train.init_from
+                    && (!is_hub_name(init) || dir.join(&*init).exists())
+                {
+                    resolve(init);
+                }
+                for path in [&mut train.backbone_init, &mut train.train_annotations, &mut train.val_annotations]
+                    .into_iter()
+                    .flatten()
                 {
                     resolve(path);
                 }
@@ -275,6 +289,13 @@ impl ZooConfig {
                     "train_annotations and val_annotations are for detectors; a classifier reads class folders".into()
                 });
             }
+        }
+        let names = self.data.label_names.len();
+        if names != 0 && names != self.model.num_classes() {
+            return Err(format!(
+                "data.label_names has {names} names, but model.num_classes is {}",
+                self.model.num_classes()
+            ));
         }
         check::count("eval.batch_size", self.eval.batch_size, 4096)
     }

@@ -1,6 +1,8 @@
 //! Checkpoint import: facebookresearch/detr's names are the model's own (its ResNet under
 //! `backbone.0.body.`); Hugging Face's `DetrForObjectDetection` layout (`facebook/detr-resnet-50`)
 //! is renamed, and its separate q/k/v projections are fused as `nn.MultiheadAttention` keeps them.
+//! The backbone may be timm's ResNet (torchvision's names) or transformers' own `ResNetBackbone`
+//! (`embedder`, `encoder.stages`), as `use_timm_backbone = false` checkpoints have it.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -107,7 +109,11 @@ impl Checkpoint for Detr {
             .into_iter()
             .filter_map(|(key, value)| {
                 let key = key.replace("backbone.0.body.", "backbone.");
-                if key.starts_with("backbone.") { torchvision_key(&key) } else { Some(key) }.map(|k| (k, value))
+                match key.strip_prefix("backbone.") {
+                    Some(inner) => torchvision_key(inner).map(|k| format!("backbone.{k}")),
+                    None => Some(key),
+                }
+                .map(|k| (k, value))
             })
             .collect())
     }
