@@ -1,12 +1,16 @@
 """Speed of the zoo against PyTorch on this machine, in one run: writes BENCHMARKS.md.
 
-    python scripts/benchmarks.py [--zoo target/release/zoo] [--devices flex] [--quick]
+    python scripts/benchmarks.py [--zoo target/release/zoo] [--devices flex] [--only ViT]
+    python scripts/benchmarks.py --devices tch:cuda:0,wgpu:0 --torch-device cuda --precision bf16 \
+        --section "GPU, bf16"
 
-For each case (model, batch, inference or training step) it times PyTorch eager fp32 (timm /
+For each case (model, batch, inference or training step) it times PyTorch eager (timm /
 transformers, no_grad for inference; forward + cross-entropy + backward + AdamW for a training
-step) and `zoo bench --json` on each device, with the same warm-up and iteration counts, both
+step; in float32, or under `torch.autocast(dtype=torch.bfloat16)` with `--precision bf16`) and
+`zoo bench --json --precision P` on each device, with the same warm-up and iteration counts, both
 taking the median time per iteration, and reports images/s and the ratio ours / PyTorch (above 1
-means the zoo is faster).
+means the zoo is faster). `--section` writes the table as that section of the output file,
+keeping the rest of it, instead of writing the whole file.
 """
 import argparse
 import json
@@ -16,7 +20,9 @@ import statistics
 import subprocess
 import time
 
-import torch
+# Everything is built locally; transformers must not ask the Hub whether "resnet50" is a repository.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch  # noqa: E402
 
 CASES = [
     # (label, config, batch, train, torch builder)
@@ -38,35 +44,42 @@ def torch_model(kind):
     if kind == "tnt":
         import timm
         return timm.create_model("tnt_s_patch16_224"), (3, 224, 224)
-    from transformers import DetrConfig, DetrForObjectDetection
+    from transformers import DetrForObjectDetection
+    from parity import detr_config
     # Auxiliary losses on every decoder layer, as DETR trains.
-    return DetrForObjectDetection(DetrConfig(num_labels=91, auxiliary_loss=True)), (3, 800, 1066)
+    return DetrForObjectDetection(detr_config(num_labels=91, auxiliary_loss=True)), (3, 800, 1066)
 
 
-def torch_bench(kind, batch, train, warmup, iters):
+def torch_bench(kind, batch, train, warmup, iters, device="cpu", precision="f32"):
     model, shape = torch_model(kind)
-    x = torch.randn(batch, *shape)
+    model = model.to(device)
+    x = torch.randn(batch, *shape, device=device)
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if train:
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        y = torch.arange(batch) % 1000
+        y = torch.arange(batch, device=device) % 1000
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
         # DETR: five boxes per image, the same as `zoo bench --train`.
-        labels = [{"class_labels": torch.tensor([1 + (7 * i + 13 * k) % 90 for k in range(5)]),
-                   "boxes": torch.tensor([[0.1 + 0.15 * k, 0.3 + 0.1 * i, 0.1, 0.2] for k in range(5)])}
+        labels = [{"class_labels": torch.tensor([1 + (7 * i + 13 * k) % 90 for k in range(5)], device=device),
+                   "boxes": torch.tensor([[0.1 + 0.15 * k, 0.3 + 0.1 * i, 0.1, 0.2] for k in range(5)], device=device)}
                   for i in range(batch)]
 
         def step():
             opt.zero_grad(set_to_none=True)
-            loss = model(pixel_values=x, labels=labels).loss if kind == "detr" else loss_fn(model(x), y)
+            with autocast:
+                loss = model(pixel_values=x, labels=labels).loss if kind == "detr" else loss_fn(model(x), y)
             loss.backward()
             opt.step()
+            sync()
     else:
         model.eval()
 
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 model(x)
+            sync()
     for _ in range(warmup):
         step()
     seconds = []
@@ -77,11 +90,25 @@ def torch_bench(kind, batch, train, warmup, iters):
     return batch / statistics.median(seconds)
 
 
-def zoo_bench(zoo, config, batch, train, warmup, iters, device):
-    cmd = [zoo, "bench", "--config", config, "--batch", str(batch), "--iters", str(iters),
-           "--warmup", str(warmup), "--device", device, "--json"] + (["--train"] if train else [])
+def zoo_bench(zoo, config, batch, train, warmup, iters, device, precision="f32"):
+    cmd = [zoo, "bench", "--config", config, "--batch", str(batch), "--iters", str(iters), "--warmup", str(warmup),
+           "--device", device, "--precision", precision, "--json"] + (["--train"] if train else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
+
+
+def write_section(path, title, body):
+    """Replaces `## title` (up to the next `## `) in the file, or appends it."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, l in enumerate(lines) if l.strip() == f"## {title}"), None)
+    if start is None:
+        text = text.rstrip("\n") + f"\n\n## {title}\n\n{body}"
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        text = "".join(lines[:start]) + f"## {title}\n\n{body}\n" + "".join(lines[end:])
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def main():
@@ -96,6 +123,10 @@ def main():
                         "so that a slow spell of the machine does not fall on one side only")
     p.add_argument("--only", default="", help="run only the cases whose label contains this (no file written)")
     p.add_argument("--out", default="BENCHMARKS.md")
+    p.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"], help="where PyTorch runs")
+    p.add_argument("--precision", default="f32", choices=["f32", "bf16"],
+                   help="bf16: PyTorch under autocast, the zoo with --precision bf16")
+    p.add_argument("--section", default="", help="write the table as this section of --out, keeping the rest")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count())
     devices = args.devices.split(",")
@@ -107,9 +138,10 @@ def main():
         rounds = 1 if train else args.rounds
         theirs_by_round, ours_by_round = [], {d: [] for d in devices}
         for _ in range(rounds):
-            theirs_by_round.append(torch_bench(kind, batch, train, args.warmup, iters))
+            theirs_by_round.append(torch_bench(kind, batch, train, args.warmup, iters, args.torch_device, args.precision))
             for device in devices:
-                ours_by_round[device].append(zoo_bench(args.zoo, config, batch, train, args.warmup, iters, device))
+                ours_by_round[device].append(
+                    zoo_bench(args.zoo, config, batch, train, args.warmup, iters, device, args.precision))
         theirs = sorted(theirs_by_round)[len(theirs_by_round) // 2]
         for device in devices:
             ours = sorted(ours_by_round[device], key=lambda r: r["images_per_sec"])[len(ours_by_round[device]) // 2]
@@ -127,18 +159,29 @@ def main():
             cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    with open(args.out, "w") as f:
-        f.write("# Benchmarks\n\n")
-        f.write(f"Measured by `python scripts/benchmarks.py --devices {args.devices}` in one run on {cpu}, "
-                f"{os.cpu_count()} cores, PyTorch {torch.__version__} eager fp32 with {torch.get_num_threads()} threads; "
-                f"{args.warmup} warm-up iteration, then the median of {args.iters} timed iterations for inference and "
-                f"of {args.train_iters} for a training step, the same for both; each inference case alternates "
-                f"PyTorch and the zoo {args.rounds} times and reports the median round. Ratio = zoo / PyTorch "
-                "images per second (above 1: the zoo is faster). Random weights; speed does not depend on them.\n\n")
-        f.write("| model | mode | batch | zoo device | zoo img/s | PyTorch img/s | ratio | zoo peak RSS MiB |\n")
-        f.write("|---|---|---|---|---|---|---|---|\n")
-        for r in rows:
-            f.write(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.0f} |\n")
+    torch_side = f"PyTorch {torch.__version__} eager " + ("bf16 autocast" if args.precision == "bf16" else "fp32")
+    if args.torch_device == "cuda":
+        torch_side += f" on {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    else:
+        torch_side += f" with {torch.get_num_threads()} threads"
+    command = " ".join(["python scripts/benchmarks.py", f"--devices {args.devices}"]
+                       + ([f"--torch-device {args.torch_device}"] if args.torch_device != "cpu" else [])
+                       + ([f"--precision {args.precision}"] if args.precision != "f32" else []))
+    table = (f"Measured by `{command}` in one run on {cpu}, {os.cpu_count()} cores, {torch_side}; the zoo in "
+             f"{args.precision}; "
+             f"{args.warmup} warm-up iteration, then the median of {args.iters} timed iterations for inference and "
+             f"of {args.train_iters} for a training step, the same for both; each inference case alternates "
+             f"PyTorch and the zoo {args.rounds} times and reports the median round. Ratio = zoo / PyTorch "
+             "images per second (above 1: the zoo is faster). Random weights; speed does not depend on them.\n\n"
+             "| model | mode | batch | zoo device | zoo img/s | PyTorch img/s | ratio | zoo peak RSS MiB |\n"
+             "|---|---|---|---|---|---|---|---|\n"
+             + "".join(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.0f} |\n"
+                       for r in rows))
+    if args.section:
+        write_section(args.out, args.section, table)
+    else:
+        with open(args.out, "w") as f:
+            f.write("# Benchmarks\n\n" + table)
     print(f"wrote {args.out}")
 
 

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use rayon::prelude::*;
 use serde::Serialize;
 use zoo_datasets::{EvalTransform, load_rgb};
@@ -77,8 +76,9 @@ pub fn classify(
     };
     let logits = Tensor::cat(logits, 0);
     let [b, classes] = logits.dims();
-    let probs: Vec<f32> = softmax(logits.clone(), 1).into_data().try_into_vec().context("reading probabilities")?;
-    let logits: Vec<f32> = logits.into_data().try_into_vec().context("reading logits")?;
+    let logits: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec().context("reading logits")?;
+    // Probabilities in float32 on the host, whatever the device computes in.
+    let probs: Vec<f32> = logits.chunks(classes).flat_map(softmax_row).collect();
     if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
         bail!("the model's logits for {} hold NaN or infinite values: the computation overflowed", names[i / classes]);
     }
@@ -96,6 +96,14 @@ pub fn classify(
         .collect();
     debug_assert_eq!(logits.len(), b * classes);
     Ok(Classification { inputs: names, logits: logits.chunks(classes).map(<[f32]>::to_vec).collect(), top_k })
+}
+
+/// `exp(x - max) / sum`, in float64.
+fn softmax_row(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| (e / sum) as f32).collect()
 }
 
 impl Classification {

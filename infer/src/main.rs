@@ -14,7 +14,7 @@ use zoo_infer::classify::{classify, load_classifier};
 use zoo_infer::coco_eval::{CocoGroundTruth, evaluate, load_detections};
 use zoo_infer::demo::{DemoOptions, run_demo};
 use zoo_infer::detect::{detect, draw_detections, load_detr};
-use zoo_infer::device::{compiled_backends, devices_named, select_device};
+use zoo_infer::device::{Precision, devices_named, list_devices, select_device};
 use zoo_infer::eval::{eval_classifier, eval_detr};
 use zoo_infer::pretrained::Pretrained;
 use zoo_models::{ModelConfig, save_burnpack};
@@ -59,10 +59,21 @@ struct Cli {
 
 #[derive(Args)]
 struct DeviceArg {
-    /// Backend to run on: flex, ndarray, wgpu or tch (those compiled in). Default: BURN_DEVICE,
-    /// else the best compiled in.
+    /// Device to run on: flex, ndarray, tch, tch:cuda:N, tch:mps, wgpu, wgpu:N (N-th discrete
+    /// GPU), wgpu:integrated:N, wgpu:cpu (`zoo devices` lists this machine's). Default:
+    /// BURN_DEVICE, else the best backend compiled in.
     #[arg(long)]
     device: Option<String>,
+    /// Float type to compute in: f32 (default), f16 or bf16, where the device has it (`zoo
+    /// devices`); weights of any float type are converted. Training: default train.precision.
+    #[arg(long)]
+    precision: Option<Precision>,
+}
+
+impl DeviceArg {
+    fn select(&self) -> Result<burn::prelude::Device> {
+        select_device(self.device.as_deref(), self.precision.unwrap_or_default())
+    }
 }
 
 /// A model: by its Hub name, or a config file and a weights file.
@@ -288,7 +299,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// List the backends compiled into this binary.
+    /// The devices this binary can run on here (each probed: its name and the float types it
+    /// computes in), and the backends compiled in.
     Devices,
     /// The models of the Hugging Face Hub the zoo runs by name (`--model`), with their input
     /// size, parameter count and the accuracy upstream reports.
@@ -367,7 +379,7 @@ fn emit(text: String) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Classify { run, top_k, json } => {
-            let device = select_device(run.device.device.as_deref())?;
+            let device = run.device.select()?;
             let (cfg, config, weights) = run.source.resolve()?;
             let model = load_classifier(&cfg, &config, &weights, &device)?;
             let result = classify(&model, &cfg, &run.inputs(), top_k, &device)?;
@@ -378,8 +390,9 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Train { config, resume, device } => {
-            let device = select_device(device.device.as_deref())?;
             let mut cfg = ZooConfig::from_file(&config)?;
+            let precision = device.precision.or(cfg.train.as_ref().map(|t| t.precision)).unwrap_or_default();
+            let device = select_device(device.device.as_deref(), precision)?;
             if let Some(train) = &mut cfg.train
                 && let Some(init) = &train.init_from
                 && is_hub_name(init)
@@ -391,7 +404,7 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("{}: train.init_from = \"{name}\"", config.display()))?;
                 train.init_from = Some(weights);
             }
-            let devices = devices_named(cfg.train.as_ref().map_or(&[][..], |t| &t.devices[..]))
+            let devices = devices_named(cfg.train.as_ref().map_or(&[][..], |t| &t.devices[..]), precision)
                 .with_context(|| format!("config {}", config.display()))?;
             let options = TrainOptions { resume, devices, stop: Some(stop_on_ctrl_c()?), ..Default::default() };
             let context = || format!("training {}", config.display());
@@ -416,12 +429,12 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Demo { out, epochs, train_per_class, detr_epochs, device } => {
-            let device = select_device(device.device.as_deref())?;
+            let device = device.select()?;
             let options = DemoOptions { out, epochs, train_per_class, detr_epochs, quiet: false };
             run_demo(&options, &device)?;
         }
         Command::Detect { run, threshold, out, json } => {
-            let device = select_device(run.device.device.as_deref())?;
+            let device = run.device.select()?;
             let (cfg, config, weights) = run.source.resolve()?;
             let model = load_detr(&cfg, &config, &weights, &device)?;
             let (result, pictures) = detect(&model, &cfg, &config, &run.inputs(), threshold, &device)?;
@@ -440,7 +453,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Attention { run, out, npy_out, threshold, points, patch } => {
-            let device = select_device(run.device.device.as_deref())?;
+            let device = run.device.select()?;
             let (cfg, config, weights) = run.source.resolve()?;
             let opts = AttentionOptions { out, npy_out, threshold, points, patch };
             let report = if let ModelConfig::Detr(_) = cfg.model {
@@ -459,7 +472,7 @@ fn run(cli: Cli) -> Result<()> {
             if out.extension().and_then(|e| e.to_str()) != Some("bpk") {
                 bail!("--out {}: the burnpack file name must end in .bpk", out.display());
             }
-            let device = select_device(None)?;
+            let device = select_device(None, Precision::F32)?;
             let (cfg, config, weights) = source.resolve()?;
             let saved = match cfg.model {
                 ModelConfig::Detr(_) => save_burnpack(&load_detr(&cfg, &config, &weights, &device)?, &out),
@@ -469,7 +482,7 @@ fn run(cli: Cli) -> Result<()> {
             emit(format!("wrote {}\n", out.display()))?;
         }
         Command::Eval { source, annotations, images, results_out, data, json, device } => {
-            let device = select_device(device.device.as_deref())?;
+            let device = device.select()?;
             let (cfg, config, weights) = source.resolve()?;
             match (&cfg.model, annotations, images, data) {
                 (ModelConfig::Detr(_), Some(annotations), Some(images), None) => {
@@ -512,7 +525,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Bench { config, model, batch, iters, warmup, train, loader_data, detr_size, json, device } => {
-            let device = select_device(device.device.as_deref())?;
+            let device = device.select()?;
             let (cfg, config) = match (config, model) {
                 (Some(config), _) => (ZooConfig::from_file(&config)?, config),
                 (None, Some(name)) => {
@@ -561,7 +574,7 @@ fn run(cli: Cli) -> Result<()> {
             zoo_train::plot::plot(&runs, &out)?;
             emit(format!("wrote {}\n", out.display()))?;
         }
-        Command::Devices => emit(format!("{}\n", compiled_backends().join("\n")))?,
+        Command::Devices => emit(list_devices())?,
         Command::Models { json } => emit(zoo_infer::pretrained::list_models(json)?)?,
     }
     Ok(())

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use zoo_infer::device::{compiled_backends, select_device};
+use zoo_infer::device::{Precision, compiled_backends, select_device};
 use zoo_models::detr::{Detr, sine_position_embedding};
 use zoo_models::{Classifier, ModelConfig, load_weights};
 use zoo_train::classification::soft_cross_entropy;
@@ -42,7 +42,7 @@ fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn devices() -> Vec<(&'static str, Device)> {
-    compiled_backends().into_iter().map(|name| (name, select_device(Some(name)).unwrap())).collect()
+    compiled_backends().into_iter().map(|name| (name, select_device(Some(name), Precision::F32).unwrap())).collect()
 }
 
 fn classifier(case: &str, device: &Device) -> Classifier {

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+mod common;
+
 const VIT: &str = "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k";
 const TNT: &str = "timm/tnt_s_patch16_224.in1k";
 const DETR: &str = "facebook/detr-resnet-50";
@@ -489,30 +491,8 @@ fn training_starts_from_a_hub_model_by_name() {
     let hub = MockHub::start(vec![data("repos")]);
     let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    for split in ["train", "val"] {
-        for (class, colour) in [("red", [200, 30, 30]), ("blue", [30, 30, 200])] {
-            let dir = work.path().join(split).join(class);
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..2u8 {
-                let img = image::RgbImage::from_fn(40, 40, |x, y| {
-                    image::Rgb(colour.map(|c: u8| c.wrapping_add(((x + y) as u8).wrapping_mul(i + 1) % 20)))
-                });
-                img.save(dir.join(format!("{i}.png"))).unwrap();
-            }
-        }
-    }
     // The hub model's sizes with a 2-class head (left at its initialisation).
-    let config = work.path().join("finetune.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[model]\narch = \"vit\"\nimage_size = 32\npatch_size = 8\nnum_classes = 2\nembed_dim = 48\ndepth = 2\n\
-             num_heads = 3\n\n[train]\ntrain_dir = \"train\"\nval_dir = \"val\"\noutput_dir = \"{}\"\nepochs = 1\n\
-             batch_size = 2\nlr = 1e-4\ninit_from = \"{VIT}\"\n",
-            work.path().join("run").display()
-        ),
-    )
-    .unwrap();
+    let config = common::tiny_classification_run(work.path(), 2, 1, &format!("init_from = \"{VIT}\""));
     let out = zoo(&["train", "--config", config.to_str().unwrap()], &hub.endpoint(), home.path(), &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(hub.requests().iter().any(|r| r.contains("/resolve/main/model.safetensors")), "{:?}", hub.requests());

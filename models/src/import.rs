@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::module::Param;
 use burn::prelude::*;
 use burn::store::{
     BurnpackStore, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
@@ -116,7 +117,23 @@ fn load_weights_with_head<M: Checkpoint>(
     }
     check_applied(&result, path)?;
     check_finite(&model, path)?;
-    Ok(model)
+    Ok(in_device_precision(model))
+}
+
+/// The checkpoint's tensors keep the file's float type (float32 after conversion); a model on a
+/// device configured for f16 or bf16 gets them cast to it, so that every operand of an op has
+/// the device's type.
+fn in_device_precision<M: Module>(model: M) -> M {
+    struct Cast(burn::tensor::FloatDType);
+    impl burn::module::ModuleMapper for Cast {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let dtype = self.0;
+            if param.val().dtype() == dtype.into() { param } else { param.map(|t| t.cast(dtype)) }
+        }
+    }
+    let Some(device) = model.devices().into_iter().next() else { return model };
+    let dtype = device.settings().float_dtype;
+    if dtype == burn::tensor::FloatDType::F32 { model } else { model.map(&mut Cast(dtype)) }
 }
 
 /// Every float parameter must be finite: one NaN or infinity in the weights turns every output

@@ -10,6 +10,7 @@ use zoo_datasets::config::{DataConfig, DetrAugmentConfig, MAX_SIDE};
 use zoo_models::ModelConfig;
 use zoo_models::check;
 pub use zoo_models::config::ConfigError;
+use zoo_models::config::Precision;
 
 /// A whole config file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -99,12 +100,16 @@ pub struct TrainConfig {
     /// Skip images that cannot be decoded (reported and counted) instead of stopping.
     #[serde(default)]
     pub skip_bad_images: bool,
-    /// Train data-parallel on these devices (`flex`, `ndarray`, `tch`, `wgpu`, `wgpu:N` for the
+    /// Train data-parallel on these devices (any `--device` name: `tch:cuda:N`, `wgpu:N` for the
     /// N-th discrete GPU): each takes an even share of every batch on its own copy of the model,
     /// and the gradients are summed on the first, which holds the optimizer. Empty: the command's
     /// `--device`. Classifiers only.
     #[serde(default)]
     pub devices: Vec<String>,
+    /// Float type of the whole training (weights, activations, gradients, optimizer state):
+    /// `f32`, or `bf16` / `f16` on devices that have them (`zoo devices`); `--precision` overrides.
+    #[serde(default)]
+    pub precision: Precision,
     /// Step schedule instead of warmup + cosine: the learning rate is multiplied by 0.1 after
     /// this many epochs (DETR: 200 of 300).
     #[serde(default)]
