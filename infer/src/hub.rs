@@ -217,39 +217,33 @@ impl Hub {
             })?;
             let status = response.status().as_u16();
             let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-            let location = header("location");
-            if (300..400).contains(&status) {
-                let Some(location) = location else {
-                    return Err(HubError::MissingHeader { url: current, header: "Location" });
-                };
-                // A relative redirect stays on the Hub (a renamed repository): ask again there.
-                if location.starts_with('/') {
-                    current = format!("{}{location}", origin(&current));
-                    continue;
+            let location = match status {
+                300..=399 => {
+                    let Some(location) = header("location") else {
+                        return Err(HubError::MissingHeader { url: current, header: "Location" });
+                    };
+                    // A relative redirect stays on the Hub (a renamed repository): ask again there.
+                    if location.starts_with('/') {
+                        current = format!("{}{location}", origin(&current));
+                        continue;
+                    }
+                    // An absolute one leads to the storage of a large file, which the Hub's
+                    // answer describes (X-Linked-Etag, X-Linked-Size).
+                    Some(location)
                 }
-                // An absolute one leads to the storage of a large file; the Hub's answer
-                // describes it (X-Linked-Etag, X-Linked-Size).
-                let etag = header("x-linked-etag").or_else(|| header("etag"));
+                200 => Some(current.clone()),
+                _ => None,
+            };
+            if let Some(location) = location {
+                let missing = |header| HubError::MissingHeader { url: current.clone(), header };
+                let etag = header("x-linked-etag").or_else(|| header("etag")).ok_or_else(|| missing("ETag"))?;
+                // A redirect's own Content-Length is its body's, not the file's.
+                let length = if status == 200 { header("content-length") } else { None };
                 return Ok(FileMetadata {
-                    commit: header("x-repo-commit")
-                        .ok_or(HubError::MissingHeader { url: current.clone(), header: "X-Repo-Commit" })?,
-                    etag: normalize_etag(
-                        &etag.ok_or(HubError::MissingHeader { url: current.clone(), header: "ETag" })?,
-                    ),
-                    size: header("x-linked-size").and_then(|s| s.parse().ok()),
+                    commit: header("x-repo-commit").ok_or_else(|| missing("X-Repo-Commit"))?,
+                    etag: normalize_etag(&etag),
+                    size: header("x-linked-size").or(length).and_then(|s| s.parse().ok()),
                     location,
-                });
-            }
-            if status == 200 {
-                let etag = header("x-linked-etag").or_else(|| header("etag"));
-                return Ok(FileMetadata {
-                    commit: header("x-repo-commit")
-                        .ok_or(HubError::MissingHeader { url: current.clone(), header: "X-Repo-Commit" })?,
-                    etag: normalize_etag(
-                        &etag.ok_or(HubError::MissingHeader { url: current.clone(), header: "ETag" })?,
-                    ),
-                    size: header("x-linked-size").or_else(|| header("content-length")).and_then(|s| s.parse().ok()),
-                    location: current,
                 });
             }
             let reason = header("x-error-message").map(|m| format!(": {m}")).unwrap_or_default();

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 mod common;
+use common::{flat, read_npy};
 
 const VIT: &str = "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k";
 const TNT: &str = "timm/tnt_s_patch16_224.in1k";
@@ -227,18 +228,6 @@ fn failed(out: &std::process::Output) -> String {
     assert_eq!(out.status.code(), Some(1), "expected an error, got: {stderr}");
     assert!(stderr.starts_with("error: ") && !stderr.contains("panicked"), "{stderr}");
     stderr
-}
-
-fn read_npy(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    npyz::NpyFile::new(&bytes[..]).unwrap().into_vec::<f32>().unwrap()
-}
-
-fn flat(value: &serde_json::Value) -> Vec<f32> {
-    match value {
-        serde_json::Value::Array(items) => items.iter().flat_map(flat).collect(),
-        v => vec![v.as_f64().unwrap() as f32],
-    }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -11,21 +11,10 @@ use std::process::Command;
 use zoo_infer::device::{Precision, compiled_backends, device_named};
 
 mod common;
+use common::{flat, read_npy};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
-
-fn read_npy(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
-}
-
-fn flat(value: &serde_json::Value) -> Vec<f32> {
-    match value {
-        serde_json::Value::Array(items) => items.iter().flat_map(flat).collect(),
-        v => vec![v.as_f64().unwrap() as f32],
-    }
 }
 
 /// `max |a - b| / max |b|`.

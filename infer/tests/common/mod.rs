@@ -32,3 +32,17 @@ pub fn tiny_classification_run(dir: &Path, per_class: u8, epochs: usize, extra: 
     .unwrap();
     config
 }
+
+/// A float32 `.npy` file's values.
+pub fn read_npy(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
+}
+
+/// Nested JSON arrays of numbers, flattened.
+pub fn flat(value: &serde_json::Value) -> Vec<f32> {
+    match value {
+        serde_json::Value::Array(items) => items.iter().flat_map(flat).collect(),
+        v => vec![v.as_f64().unwrap() as f32],
+    }
+}
