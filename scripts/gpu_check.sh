@@ -60,7 +60,7 @@ for precision in f16 bf16; do
     stamp "parity $precision against the float32 references"
     for model in vit detr; do
         python3 scripts/parity.py "$model" --zoo "$zoo" --device "$devices" --precision "$precision" \
-            | tee -a /tmp/zoo-gpu-parity.txt || echo "(a device without $precision: see above)"
+            | tee -a /tmp/zoo-gpu-parity.txt || echo "(not every device passed in $precision: see above)"
     done
 done
 
