@@ -455,24 +455,26 @@ pub fn list_models(json: bool) -> Result<String> {
     let mut rows = Vec::new();
     for listed in LISTED {
         let config = listed_config(listed.name)?;
-        let (input, params, metric) = match &config.model {
+        // The input in words (JSON) and in the table's column.
+        let (input, column, params, metric) = match &config.model {
             zoo_models::ModelConfig::Detr(c) => (
                 format!("shorter side {} (at most {})", c.eval_short_side, c.eval_max_side),
+                format!("{}-{}", c.eval_short_side, c.eval_max_side),
                 c.init(&device).num_params(),
                 ("AP", "AP50"),
             ),
             model => {
                 let size = model.image_size().expect("a classifier");
                 let classifier = Classifier::init(model, &device).expect("a classifier");
-                (format!("{size}x{size}"), classifier.num_params(), ("top-1", "top-5"))
+                (format!("{size}x{size}"), format!("{size}x{size}"), classifier.num_params(), ("top-1", "top-5"))
             }
         };
-        rows.push((listed, input, params, metric));
+        rows.push((listed, input, column, params, metric));
     }
     if json {
         let array: Vec<Value> = rows
             .iter()
-            .map(|(l, input, params, metric)| {
+            .map(|(l, input, _, params, metric)| {
                 json!({ "name": l.name, "input": input, "parameters": params, metric.0: l.scores.0, metric.1: l.scores.1 })
             })
             .collect();
@@ -480,12 +482,11 @@ pub fn list_models(json: bool) -> Result<String> {
     }
     let mut text =
         format!("{:<50} {:>10} {:>8}  {}\n", "model", "input", "params", "reported (ImageNet-1k val / COCO val2017)");
-    for (l, input, params, metric) in &rows {
-        let input = if input.contains('x') { input.clone() } else { "800-1333".into() };
+    for (l, _, column, params, metric) in &rows {
         text.push_str(&format!(
             "{:<50} {:>10} {:>7.1}M  {} {:.1}%, {} {:.1}%\n",
             l.name,
-            input,
+            column,
             *params as f64 / 1e6,
             metric.0,
             l.scores.0,

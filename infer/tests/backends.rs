@@ -16,6 +16,9 @@ use zoo_models::{Classifier, ModelConfig, load_weights};
 use zoo_train::classification::soft_cross_entropy;
 use zoo_train::detr_loss::{DetrTarget, SetCriterion};
 
+mod common;
+use common::{max_abs_diff, relative_diff};
+
 fn fixture(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(case)
 }
@@ -29,16 +32,6 @@ fn read_npy<T: npyz::Deserialize>(path: &Path) -> (Vec<usize>, Vec<T>) {
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "different sizes");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-/// `max |a - b|` over `max |b|`.
-fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
-    max_abs_diff(a, b) / b.iter().fold(0.0f32, |m, v| m.max(v.abs()))
 }
 
 fn devices() -> Vec<(&'static str, Device)> {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 mod common;
-use common::{flat, read_npy};
+use common::{flat, max_abs_diff, read_npy};
 
 const VIT: &str = "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k";
 const TNT: &str = "timm/tnt_s_patch16_224.in1k";
@@ -230,11 +230,6 @@ fn failed(out: &std::process::Output) -> String {
     stderr
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 fn reference(repo: &str, name: &str) -> PathBuf {
     data(&format!("references/{}/{name}", repo.replace('/', "--")))
 }
@@ -259,7 +254,7 @@ fn timm_models_by_name_equal_timm_and_live_in_the_hub_cache() {
     for repo in [VIT, TNT] {
         let out = ok(&classify_json(repo, &hub.endpoint(), home.path(), &[]));
         let expected = read_npy(&reference(repo, "logits.npy"));
-        let diff = max_diff(&flat(&out["logits"]), &expected);
+        let diff = max_abs_diff(&flat(&out["logits"]), &expected);
         assert!(diff < 1e-4, "{repo}: logits {diff} off timm's");
         // ImageNet-1k's names, as timm describes them.
         let top = &out["top_k"][0][0];
@@ -313,7 +308,7 @@ fn detr_by_name_equals_transformers_and_names_coco_categories() {
         &[],
     ));
     for (key, file) in [("pred_logits", "pred_logits.npy"), ("pred_boxes", "pred_boxes.npy")] {
-        let diff = max_diff(&flat(&out[key]), &read_npy(&reference(DETR, file)));
+        let diff = max_abs_diff(&flat(&out[key]), &read_npy(&reference(DETR, file)));
         assert!(diff < 1e-4, "{key}: {diff} off transformers'");
     }
     // id2label names each detection.
@@ -371,7 +366,7 @@ fn downloads_are_checked_resumed_and_never_left_looking_complete() {
     assert!(err.contains("broke off"), "{err}");
     assert_eq!(blobs(".incomplete"), 1);
     let out = ok(&classify_json(VIT, &hub.endpoint(), home.path(), &[]));
-    let diff = max_diff(&flat(&out["logits"]), &read_npy(&reference(VIT, "logits.npy")));
+    let diff = max_abs_diff(&flat(&out["logits"]), &read_npy(&reference(VIT, "logits.npy")));
     assert!(diff < 1e-4);
     assert_eq!(blobs(".incomplete"), 0);
     let log = hub.log.lock().unwrap();
@@ -462,7 +457,7 @@ fn the_cache_is_shared_with_huggingface_hub() {
     let served = hub.requests().len();
     let out = ok(&classify_json(VIT, "http://127.0.0.1:9", python_home.path(), &[("HF_HUB_OFFLINE", "1")]));
     assert_eq!(hub.requests().len(), served);
-    let diff = max_diff(&flat(&out["logits"]), &read_npy(&reference(VIT, "logits.npy")));
+    let diff = max_abs_diff(&flat(&out["logits"]), &read_npy(&reference(VIT, "logits.npy")));
     assert!(diff < 1e-4);
     // The zoo downloads, Python finds the files without asking the Hub.
     let zoo_home = tempfile::tempdir().unwrap();

@@ -11,17 +11,10 @@ use std::process::Command;
 use zoo_infer::device::{Precision, compiled_backends, device_named};
 
 mod common;
-use common::{flat, read_npy};
+use common::{flat, read_npy, relative_diff};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
-
-/// `max |a - b| / max |b|`.
-fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-    diff / b.iter().fold(0.0f32, |m, v| m.max(v.abs()))
 }
 
 struct Case {

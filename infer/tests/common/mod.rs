@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (each test crate uses some of them).
+#![allow(dead_code)]
 
 use std::path::Path;
 
@@ -45,4 +46,15 @@ pub fn flat(value: &serde_json::Value) -> Vec<f32> {
         serde_json::Value::Array(items) => items.iter().flat_map(flat).collect(),
         v => vec![v.as_f64().unwrap() as f32],
     }
+}
+
+/// `max |a - b|`.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "different sizes");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// `max |a - b|` over `max |b|`.
+pub fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
+    max_abs_diff(a, b) / b.iter().fold(0.0f32, |m, v| m.max(v.abs()))
 }
