@@ -37,10 +37,8 @@ WARMUP, TOTAL, STEPS = 2, 10, 3
 LABELS = [3, 7]
 
 
-def vit_steps(out):
-    fixture = os.path.join(out, "vit_tiny")
-    m = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
-    m.load_state_dict(load_file(os.path.join(fixture, "model.safetensors")))
+def vit_steps(fixture, m):
+    """timm's three steps of `m` on `fixture`/input.npy, written to `fixture`/train_steps."""
     m.train()
     x = torch.from_numpy(np.load(os.path.join(fixture, "input.npy")))
     y = torch.tensor(LABELS)
@@ -66,7 +64,7 @@ def vit_steps(out):
     np.save(os.path.join(d, "lrs.npy"), np.array(lrs, dtype=np.float64))
     np.save(os.path.join(d, "grad_norms.npy"), np.array(norms, dtype=np.float32))
     np.save(os.path.join(d, "labels.npy"), np.array(LABELS, dtype=np.int64))
-    print(f"vit_tiny: losses {losses}, lrs {lrs}, grad norms {norms}")
+    print(f"{fixture}: losses {losses}, lrs {lrs}, grad norms {norms}")
 
 
 # DETR: facebookresearch/detr's recipe on the tiny fixture (lr 1e-4, backbone 1e-5, weight decay
@@ -85,11 +83,10 @@ def legacy_names(state, model_keys):
     return {rename(k): v for k, v in state.items()}
 
 
-def detr_steps(out):
-    sys.path.insert(0, os.path.dirname(__file__))
-    from make_attention_fixtures import tiny_detr
-
-    fixture = os.path.join(out, "detr_tiny")
+def detr_steps(fixture, m, save=None):
+    """The reference's three steps of transformers' DETR `m` on `fixture`/input.npy and
+    valid_mask.npy, written to `fixture`/train_steps; `save(m, path)` writes the weights after
+    them (default: save_pretrained's legacy names, as the tiny fixture has them)."""
     # The auxiliary outputs as facebookresearch/detr makes them: every decoder layer's output
     # through the shared final norm, the next layer taking the un-normed output. (transformers'
     # DetrDecoder with auxiliary_loss=True feeds the normed output on, and norms the last layer
@@ -97,8 +94,6 @@ def detr_steps(out):
     # loss is transformers' port of detr's SetCriterion over those outputs.
     from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss, HungarianMatcher
 
-    fixture = os.path.join(out, "detr_tiny")
-    m = tiny_detr(fixture)
     m.train()
     loss_config = copy.deepcopy(m.config)
     loss_config.auxiliary_loss = True
@@ -141,16 +136,25 @@ def detr_steps(out):
         losses.append(loss.item())
     d = os.path.join(fixture, "train_steps")
     os.makedirs(d, exist_ok=True)
-    state = legacy_names({k: v.detach().contiguous() for k, v in m.state_dict().items()}, m.state_dict())
-    save_file(state, os.path.join(d, "model.safetensors"))
+    if save is None:
+        state = legacy_names({k: v.detach().contiguous() for k, v in m.state_dict().items()}, m.state_dict())
+        save_file(state, os.path.join(d, "model.safetensors"))
+    else:
+        save(m, os.path.join(d, "model.safetensors"))
     np.save(os.path.join(d, "losses.npy"), np.array(losses, dtype=np.float32))
     with open(os.path.join(d, "matchings.json"), "w") as f:
         json.dump(matchings, f)
-    print(f"detr_tiny: losses {losses}")
+    print(f"{fixture}: losses {losses}")
 
 
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "models/tests/fixtures"
     torch.set_num_threads(2)
-    vit_steps(out)
-    detr_steps(out)
+    vit = os.path.join(out, "vit_tiny")
+    m = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+    m.load_state_dict(load_file(os.path.join(vit, "model.safetensors")))
+    vit_steps(vit, m)
+    sys.path.insert(0, os.path.dirname(__file__))
+    from make_attention_fixtures import tiny_detr
+    detr = os.path.join(out, "detr_tiny")
+    detr_steps(detr, tiny_detr(detr))

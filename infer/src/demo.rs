@@ -34,6 +34,43 @@ pub struct DemoOptions {
     pub quiet: bool,
 }
 
+/// The demo's datasets.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DemoDataset {
+    /// Six texture classes in class folders (`train/`, `val/`), at the demo ViT's input size.
+    Textures,
+    /// Squares, discs and triangles with their boxes, in COCO's layout.
+    Objects,
+}
+
+/// Generated training images per texture class by default (a quarter as many for validation).
+pub const TEXTURES_PER_CLASS: usize = 200;
+/// Generated training and validation images of the objects dataset.
+pub const OBJECT_IMAGES: [usize; 2] = [192, 48];
+
+/// Writes the textures dataset under `dir`, `per_class` training images per class.
+fn generate_textures(dir: &Path, per_class: usize) -> Result<()> {
+    let config = ZooConfig::from_toml_str(DEMO_CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
+    let size = config.model.image_size().expect("the demo model is a classifier") as u32;
+    eprintln!("generating the textures dataset ({} classes) in {}", SHAPES.len(), dir.display());
+    Ok(generate_shapes(dir, SHAPES.len(), per_class, per_class / 4, size, 7)?)
+}
+
+/// Writes the objects dataset under `dir`; returns its training and validation annotations.
+fn generate_object_set(dir: &Path) -> Result<[PathBuf; 2]> {
+    eprintln!("generating the objects dataset ({}) in {}", OBJECTS.join(", "), dir.display());
+    Ok(generate_objects(dir, OBJECT_IMAGES[0], OBJECT_IMAGES[1], 5)?)
+}
+
+/// `zoo generate`: one of the demo's datasets under `dir`, as the demo makes it; returns `dir`.
+pub fn generate_demo_dataset(dataset: DemoDataset, dir: &Path) -> Result<PathBuf> {
+    match dataset {
+        DemoDataset::Textures => generate_textures(dir, TEXTURES_PER_CLASS)?,
+        DemoDataset::Objects => drop(generate_object_set(dir)?),
+    }
+    Ok(dir.to_path_buf())
+}
+
 /// What the demo reached.
 pub struct DemoReport {
     /// The ViT's best validation top-1 (a fraction).
@@ -68,8 +105,7 @@ fn run_classifier_demo(opts: &DemoOptions, device: &Device) -> Result<f64> {
     if train.output_dir.exists() {
         std::fs::remove_dir_all(&train.output_dir)?;
     }
-    eprintln!("generating the textures dataset ({} classes) in {}", SHAPES.len(), data.display());
-    generate_shapes(&data, SHAPES.len(), opts.train_per_class, opts.train_per_class / 4, size, 7)?;
+    generate_textures(&data, opts.train_per_class)?;
 
     eprintln!("training a small ViT on {} ({:?})", data.display(), device);
     let report = train_classifier(&config, device, &TrainOptions { quiet: opts.quiet, ..Default::default() })?;
@@ -119,8 +155,7 @@ fn run_detector_demo(out: &Path, epochs: Option<usize>, quiet: bool, device: &De
     if train.output_dir.exists() {
         std::fs::remove_dir_all(&train.output_dir)?;
     }
-    eprintln!("generating the objects dataset ({}) in {}", OBJECTS.join(", "), data.display());
-    let [train_json, val_json] = generate_objects(&data, 192, 48, 5)?;
+    let [train_json, val_json] = generate_object_set(&data)?;
     (train.train_annotations, train.val_annotations) = (Some(train_json), Some(val_json.clone()));
 
     eprintln!("training a tiny DETR on {} ({:?})", data.display(), device);

@@ -12,7 +12,7 @@ use zoo_infer::attention::{AttentionOptions, classifier_attention, detr_attentio
 use zoo_infer::bench::{BenchOptions, bench, bench_loader};
 use zoo_infer::classify::{classify, load_classifier};
 use zoo_infer::coco_eval::{CocoGroundTruth, evaluate, load_detections};
-use zoo_infer::demo::{DemoOptions, run_demo};
+use zoo_infer::demo::{DemoDataset, DemoOptions, generate_demo_dataset, run_demo};
 use zoo_infer::detect::{detect, draw_detections, load_detr};
 use zoo_infer::device::{Precision, devices_named, list_devices, select_device};
 use zoo_infer::eval::{eval_classifier, eval_detr};
@@ -154,8 +154,19 @@ enum Command {
         /// Continue from the last checkpoint in train.output_dir.
         #[arg(long)]
         resume: bool,
+        /// Write batches.jsonl in train.output_dir: each epoch's image files in batch order.
+        #[arg(long)]
+        record_batches: bool,
         #[command(flatten)]
         device: DeviceArg,
+    },
+    /// Write one of the demo's generated datasets (the same files `zoo demo` trains on):
+    /// `textures` as class folders, `objects` in COCO's layout.
+    Generate {
+        #[arg(value_enum)]
+        dataset: DemoDataset,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Generate small datasets, train a small ViT and a tiny DETR on them, evaluate both,
     /// classify held-out images and draw the detector's boxes.
@@ -167,7 +178,7 @@ enum Command {
         #[arg(long)]
         epochs: Option<usize>,
         /// Generated training images per class (a quarter as many for validation).
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = zoo_infer::demo::TEXTURES_PER_CLASS)]
         train_per_class: usize,
         /// DETR epochs (default: the embedded config's); 0 skips the detector.
         #[arg(long)]
@@ -389,7 +400,7 @@ fn run(cli: Cli) -> Result<()> {
                 emit(result.to_text())?;
             }
         }
-        Command::Train { config, resume, device } => {
+        Command::Train { config, resume, record_batches, device } => {
             let mut cfg = ZooConfig::from_file(&config)?;
             let precision = device.precision.or(cfg.train.as_ref().map(|t| t.precision)).unwrap_or_default();
             let device = select_device(device.device.as_deref(), precision)?;
@@ -406,7 +417,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let devices = devices_named(cfg.train.as_ref().map_or(&[][..], |t| &t.devices[..]), precision)
                 .with_context(|| format!("config {}", config.display()))?;
-            let options = TrainOptions { resume, devices, stop: Some(stop_on_ctrl_c()?), ..Default::default() };
+            let stop = Some(stop_on_ctrl_c()?);
+            let options = TrainOptions { resume, devices, stop, record_batches, ..Default::default() };
             let context = || format!("training {}", config.display());
             if let ModelConfig::Detr(_) = cfg.model {
                 let report = train_detr(&cfg, &device, &options).with_context(context)?;
@@ -427,6 +439,10 @@ fn run(cli: Cli) -> Result<()> {
                     report.last_model.display()
                 ))?;
             }
+        }
+        Command::Generate { dataset, out } => {
+            let written = generate_demo_dataset(dataset, &out)?;
+            emit(format!("wrote {}\n", written.display()))?;
         }
         Command::Demo { out, epochs, train_per_class, detr_epochs, device } => {
             let device = device.select()?;

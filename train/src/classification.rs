@@ -278,6 +278,10 @@ impl Task for ClassifierTask<'_> {
         self.train.epoch(epoch, first)
     }
 
+    fn epoch_files(&self, epoch: usize) -> Vec<PathBuf> {
+        self.train.files(epoch)
+    }
+
     fn train_step(&self, model: &Classifier, batch: HostBatch, step: &mut Step<Self>) -> Result<()> {
         let (size, classes) = (self.train.size, self.classes.len());
         let scale = 1.0 / self.cfg.grad_accum as f64;

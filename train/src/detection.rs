@@ -12,7 +12,6 @@ use anyhow::{Context, Result, bail};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use indicatif::ProgressBar;
-use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use zoo_datasets::coco_eval::{CocoEvalResult, Detection, evaluate};
@@ -27,7 +26,7 @@ use zoo_models::{ModelConfig, load_weights, load_weights_for_finetuning, save_bu
 use crate::config::{TrainConfig, ZooConfig};
 use crate::detr_loss::SetCriterion;
 use crate::engine::{self, EpochTotals, Step, Task, TrainOptions, Trained, progress_bar};
-use crate::loader::{decode_or_skip, prefetch, rng_for};
+use crate::loader::{decode_or_skip, epoch_order, prefetch, rng_for};
 use crate::optimizer::ParamGroups;
 
 /// Training batches of a COCO detection set, augmented as DETR does, prepared in the background.
@@ -52,6 +51,12 @@ impl DetrLoader {
         self.set.samples.len().div_ceil(self.batch_size)
     }
 
+    /// The image files of an epoch, in the order its batches take them.
+    pub fn files(&self, epoch: usize) -> Vec<PathBuf> {
+        let samples = &self.set.samples;
+        epoch_order(samples.len(), self.seed, epoch).into_iter().map(|i| samples[i].path.clone()).collect()
+    }
+
     fn load(&self, epoch: usize, index: usize) -> Result<(DetrImage, DetrTarget), DataError> {
         let samples = &self.set.samples;
         let (used, img) =
@@ -62,8 +67,7 @@ impl DetrLoader {
 
     /// The epoch's batches from batch `first` on, in an order that follows from `(seed, epoch)`.
     pub fn epoch(&self, epoch: usize, first: usize) -> Receiver<Result<DetrHostBatch, DataError>> {
-        let mut order: Vec<usize> = (0..self.set.samples.len()).collect();
-        order.shuffle(&mut rng_for(self.seed, epoch, usize::MAX));
+        let order = epoch_order(self.set.samples.len(), self.seed, epoch);
         let this = self.clone();
         prefetch(order, self.batch_size, first, move |_, chunk| {
             let (images, targets) =
@@ -280,6 +284,10 @@ impl Task for DetrTask<'_> {
 
     fn batches(&self, epoch: usize, first: usize) -> Receiver<Result<DetrHostBatch, DataError>> {
         self.loader.epoch(epoch, first)
+    }
+
+    fn epoch_files(&self, epoch: usize) -> Vec<PathBuf> {
+        self.loader.files(epoch)
     }
 
     /// Dropout draws from the device's generator: seeded per batch, a run resumed at any batch

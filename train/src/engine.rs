@@ -39,6 +39,10 @@ pub struct TrainOptions {
     /// Set (by a Ctrl-C handler, say) to stop the run: the current optimizer step is finished,
     /// a checkpoint of the epoch so far is written, and [`run`] returns [`Interrupted`].
     pub stop: Option<Arc<AtomicBool>>,
+    /// Write `batches.jsonl` in the output folder: each epoch's image files in the order its
+    /// batches take them (to train another implementation on the same batches, or to find the
+    /// images of a batch whose loss stood out).
+    pub record_batches: bool,
 }
 
 /// A run stopped by [`TrainOptions::stop`] after writing its checkpoint; `--resume` continues it
@@ -87,6 +91,9 @@ pub trait Task {
     /// The epoch's training batches from batch `first` on, in an order that follows from
     /// `(seed, epoch)`.
     fn batches(&self, epoch: usize, first: usize) -> Receiver<Result<Self::Batch, DataError>>;
+
+    /// The image files of an epoch's training batches, in their order.
+    fn epoch_files(&self, epoch: usize) -> Vec<PathBuf>;
 
     /// A seed for the device's generator before batch `batch` of `epoch` (for dropout), if the
     /// task reseeds it: a run resumed at any batch then draws what an uninterrupted one draws.
@@ -181,6 +188,18 @@ fn plot_curves(output: &Path) {
     }
 }
 
+/// Appends an epoch's line to `batches.jsonl`: `{"epoch", "batch_size", "files"}` (epochs from 1).
+fn record_batches(output: &Path, epoch: usize, batch_size: usize, files: &[PathBuf]) -> Result<()> {
+    let path = output.join("batches.jsonl");
+    let line = serde_json::json!({"epoch": epoch + 1, "batch_size": batch_size, "files": files});
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(file, "{line}").with_context(|| format!("cannot write {}", path.display()))
+}
+
 pub fn progress_bar(len: usize, quiet: bool, prefix: String) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
@@ -236,6 +255,9 @@ pub fn run<T: Task>(task: &T, device: &Device, opts: &TrainOptions) -> Result<Ru
     }
 
     checkpoint::trim_metrics(&output, progress.epoch)?;
+    if opts.record_batches && progress.epoch == 0 && progress.batch == 0 {
+        let _ = std::fs::remove_file(output.join("batches.jsonl"));
+    }
     let mut metrics_file = checkpoint::metrics_file(&output)?;
     let mut epochs = Vec::new();
     let mut last_eval = None;
@@ -254,6 +276,10 @@ pub fn run<T: Task>(task: &T, device: &Device, opts: &TrainOptions) -> Result<Ru
             grads: GradientsAccumulator::new(),
             totals: resumed_totals.take().unwrap_or_default(),
         };
+        // (A run resumed mid-epoch has its epoch's line already.)
+        if opts.record_batches && first == 0 {
+            record_batches(&output, epoch, cfg.batch_size, &task.epoch_files(epoch))?;
+        }
         let mut lr = 0.0;
         for (i, batch) in (first..).zip(task.batches(epoch, first)) {
             step.batch = i;

@@ -45,6 +45,13 @@ pub struct Loader {
     pub skipped: Arc<AtomicUsize>,
 }
 
+/// The training order of an epoch's `n` samples: a shuffle that follows from `(seed, epoch)`.
+pub(crate) fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng_for(seed, epoch, usize::MAX));
+    order
+}
+
 /// A per-(seed, epoch, index) random generator.
 pub(crate) fn rng_for(seed: u64, epoch: usize, index: usize) -> StdRng {
     let mix = seed
@@ -81,11 +88,15 @@ impl Loader {
 
     /// The sample order of an epoch: shuffled for training, as listed for evaluation.
     fn order(&self, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.samples.len()).collect();
-        if let Augment::Train { .. } = self.augment {
-            order.shuffle(&mut rng_for(self.seed, epoch, usize::MAX));
+        match self.augment {
+            Augment::Train { .. } => epoch_order(self.samples.len(), self.seed, epoch),
+            Augment::Eval(_) => (0..self.samples.len()).collect(),
         }
-        order
+    }
+
+    /// The image files of an epoch, in the order its batches take them.
+    pub fn files(&self, epoch: usize) -> Vec<PathBuf> {
+        self.order(epoch).into_iter().map(|i| self.samples[i].0.clone()).collect()
     }
 
     /// Sample `index` transformed; with `skip_bad_images`, an undecodable image is reported,

@@ -6,6 +6,9 @@
 //! facebookresearch/detr's set loss over every decoder layer (transformers' port of the
 //! criterion on facebookresearch's auxiliary outputs) with detr's optimizer: a backbone group at
 //! its own learning rate, the stem and layer1 frozen, clipping at 0.1.
+//!
+//! With `ZOO_STEP_PARITY_DIR` set, the cases are its `vit/` and `detr/` folders instead of the tiny
+//! fixtures (scripts/step_parity_full.py makes ViT-B/16 and DETR-R50 ones and runs this).
 
 use std::path::{Path, PathBuf};
 
@@ -23,8 +26,15 @@ use zoo_train::detr_loss::SetCriterion;
 use zoo_train::mix::smoothed_one_hot;
 use zoo_train::optimizer::{adamw, lr_scheduler, optimizer_step, param_group};
 
+/// A file of the ViT (`vit_tiny/...`) or DETR (`detr_tiny/...`) case.
 fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(path)
+    match std::env::var_os("ZOO_STEP_PARITY_DIR") {
+        Some(dir) => {
+            let (case, rest) = path.split_once('/').expect("a case and a file");
+            Path::new(&dir).join(case.trim_end_matches("_tiny")).join(rest)
+        }
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(path),
+    }
 }
 
 fn read_npy<T: npyz::Deserialize>(path: &Path) -> (Vec<usize>, Vec<T>) {
@@ -93,8 +103,9 @@ fn three_vit_training_steps_equal_timms() {
     let images = Tensor::<4>::from_data(TensorData::new(x, shape), &device);
     let (_, labels) = read_npy::<i64>(&fixture("vit_tiny/train_steps/labels.npy"));
     let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
-    let targets = smoothed_one_hot(&labels, 10, cfg.label_smoothing);
-    let targets = Tensor::<2>::from_data(TensorData::new(targets, [labels.len(), 10]), &device);
+    let classes = config.model.num_classes();
+    let targets = smoothed_one_hot(&labels, classes, cfg.label_smoothing);
+    let targets = Tensor::<2>::from_data(TensorData::new(targets, [labels.len(), classes]), &device);
 
     let groups = classifier_param_groups(&model);
     let mut optim = adamw(cfg, &groups).unwrap();
