@@ -45,8 +45,8 @@ pub enum DemoDataset {
 
 /// Generated training images per texture class by default (a quarter as many for validation).
 pub const TEXTURES_PER_CLASS: usize = 200;
-/// Generated training and validation images of the objects dataset.
-pub const OBJECT_IMAGES: [usize; 2] = [192, 48];
+/// Generated training images of the objects dataset (a quarter as many for validation).
+pub const OBJECT_IMAGES: usize = 192;
 
 /// Writes the textures dataset under `dir`, `per_class` training images per class.
 fn generate_textures(dir: &Path, per_class: usize) -> Result<()> {
@@ -56,17 +56,19 @@ fn generate_textures(dir: &Path, per_class: usize) -> Result<()> {
     Ok(generate_shapes(dir, SHAPES.len(), per_class, per_class / 4, size, 7)?)
 }
 
-/// Writes the objects dataset under `dir`; returns its training and validation annotations.
-fn generate_object_set(dir: &Path) -> Result<[PathBuf; 2]> {
+/// Writes the objects dataset under `dir`, `images` training images; returns its training and
+/// validation annotations.
+fn generate_object_set(dir: &Path, images: usize) -> Result<[PathBuf; 2]> {
     eprintln!("generating the objects dataset ({}) in {}", OBJECTS.join(", "), dir.display());
-    Ok(generate_objects(dir, OBJECT_IMAGES[0], OBJECT_IMAGES[1], 5)?)
+    Ok(generate_objects(dir, images, images / 4, 5)?)
 }
 
-/// `zoo generate`: one of the demo's datasets under `dir`, as the demo makes it; returns `dir`.
-pub fn generate_demo_dataset(dataset: DemoDataset, dir: &Path) -> Result<PathBuf> {
+/// `zoo generate`: one of the demo's datasets under `dir`, as the demo makes it (`train`
+/// training images, per class for the textures; the demo's number by default); returns `dir`.
+pub fn generate_demo_dataset(dataset: DemoDataset, dir: &Path, train: Option<usize>) -> Result<PathBuf> {
     match dataset {
-        DemoDataset::Textures => generate_textures(dir, TEXTURES_PER_CLASS)?,
-        DemoDataset::Objects => drop(generate_object_set(dir)?),
+        DemoDataset::Textures => generate_textures(dir, train.unwrap_or(TEXTURES_PER_CLASS))?,
+        DemoDataset::Objects => drop(generate_object_set(dir, train.unwrap_or(OBJECT_IMAGES))?),
     }
     Ok(dir.to_path_buf())
 }
@@ -155,7 +157,7 @@ fn run_detector_demo(out: &Path, epochs: Option<usize>, quiet: bool, device: &De
     if train.output_dir.exists() {
         std::fs::remove_dir_all(&train.output_dir)?;
     }
-    let [train_json, val_json] = generate_object_set(&data)?;
+    let [train_json, val_json] = generate_object_set(&data, OBJECT_IMAGES)?;
     (train.train_annotations, train.val_annotations) = (Some(train_json), Some(val_json.clone()));
 
     eprintln!("training a tiny DETR on {} ({:?})", data.display(), device);

@@ -167,6 +167,10 @@ enum Command {
         dataset: DemoDataset,
         #[arg(long)]
         out: PathBuf,
+        /// Training images (per class for textures; the demo's number by default); a quarter as
+        /// many for validation.
+        #[arg(long)]
+        train: Option<usize>,
     },
     /// Generate small datasets, train a small ViT and a tiny DETR on them, evaluate both,
     /// classify held-out images and draw the detector's boxes.
@@ -440,8 +444,8 @@ fn run(cli: Cli) -> Result<()> {
                 ))?;
             }
         }
-        Command::Generate { dataset, out } => {
-            let written = generate_demo_dataset(dataset, &out)?;
+        Command::Generate { dataset, out, train } => {
+            let written = generate_demo_dataset(dataset, &out, train)?;
             emit(format!("wrote {}\n", written.display()))?;
         }
         Command::Demo { out, epochs, train_per_class, detr_epochs, device } => {

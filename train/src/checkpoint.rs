@@ -343,18 +343,19 @@ pub fn lock_output(output: &Path) -> Result<OutputLock> {
     }
 }
 
-/// Keeps the first `epochs` epochs' records of the run's `metrics.jsonl` (rewritten atomically),
-/// so that a run resumed from a checkpoint older than its last record, or a fresh run in an old
-/// output folder, never lists an epoch twice.
-pub fn trim_metrics(output: &Path, epochs: usize) -> Result<()> {
-    let path = output.join("metrics.jsonl");
+/// Keeps the first `epochs` epochs' records of the run's `metrics.jsonl` (or another per-epoch
+/// `.jsonl` file of the run: `name`), rewritten atomically, so that a run resumed from a
+/// checkpoint older than its last record, or a fresh run in an old output folder, never lists an
+/// epoch twice.
+pub fn trim_epochs(output: &Path, name: &str, epochs: usize) -> Result<()> {
+    let path = output.join(name);
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
     let epoch_of = |line: &str| serde_json::from_str::<serde_json::Value>(line).ok()?.get("epoch")?.as_u64();
     let kept: Vec<&str> = text.lines().filter(|l| epoch_of(l).is_some_and(|e| e as usize <= epochs)).collect();
     if kept.len() == text.lines().count() {
         return Ok(());
     }
-    let tmp = output.join(".metrics.jsonl.tmp");
+    let tmp = output.join(format!(".{name}.tmp"));
     let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))

@@ -222,17 +222,24 @@ pub fn detr_param_groups(cfg: &TrainConfig) -> ParamGroups {
 /// decoder layer on the padded `images` (`mask` true on padding) against `targets`, scaled by
 /// `scale` (for gradient accumulation) before the backward pass; adds the gradients to `grads`
 /// and returns the unscaled total and the last layer's unweighted class, L1 and GIoU losses.
+/// `matching` (one [`SetCriterion::match_layer`] result per decoder layer) replaces the matcher's
+/// assignment, e.g. to follow another implementation's where queries tie.
+#[allow(clippy::too_many_arguments)]
 pub fn detr_step(
     model: &Detr,
     criterion: &SetCriterion,
     images: Tensor<4>,
     mask: Tensor<3, Bool>,
     targets: &[DetrTarget],
+    matching: Option<&[Vec<Vec<(usize, usize)>>]>,
     scale: f64,
     grads: &mut GradientsAccumulator<Detr>,
 ) -> Result<(f64, [f64; 3])> {
     let outputs = model.forward_all(images, mask);
-    let (loss, per_layer) = criterion.loss(&outputs, targets)?;
+    let (loss, per_layer) = match matching {
+        Some(matching) => criterion.loss_matched(&outputs, targets, matching),
+        None => criterion.loss(&outputs, targets)?,
+    };
     let loss = loss.mul_scalar(scale);
     let last = per_layer.last().expect("at least one decoder layer");
     let parts = [last.ce.clone(), last.bbox.clone(), last.giou.clone()].map(|t| t.into_scalar::<f64>());
@@ -306,7 +313,8 @@ impl Task for DetrTask<'_> {
     fn train_step(&self, model: &Detr, batch: DetrHostBatch, step: &mut Step<Self>) -> Result<()> {
         let scale = 1.0 / self.cfg.grad_accum as f64;
         let (images, mask) = pad_batch(&batch.images, step.device);
-        let (total, parts) = detr_step(model, &self.criterion, images, mask, &batch.targets, scale, &mut step.grads)?;
+        let (total, parts) =
+            detr_step(model, &self.criterion, images, mask, &batch.targets, None, scale, &mut step.grads)?;
         if !total.is_finite() {
             bail!(
                 "the loss is {total} at epoch {} batch {}: training diverged (try a lower train.lr)",

@@ -52,21 +52,22 @@ pub struct LayerLosses {
 impl SetCriterion {
     /// Query-target pairs of every image for one layer, from detached predictions.
     pub fn match_layer(&self, out: &DetrOutput, targets: &[DetrTarget]) -> Result<Vec<Vec<(usize, usize)>>> {
+        let q = out.logits.dims()[1];
+        self.cost_matrices(out, targets)?
+            .iter()
+            .zip(targets)
+            .map(|(cost, t)| Ok(hungarian_match(cost, q, t.labels.len())?))
+            .collect()
+    }
+
+    /// The matching cost of every image for one layer, `[queries, targets]` row-major:
+    /// `cost_bbox * L1 - cost_class * p(class) - cost_giou * GIoU`, from detached predictions.
+    pub fn cost_matrices(&self, out: &DetrOutput, targets: &[DetrTarget]) -> Result<Vec<Vec<f32>>> {
         let [b, q, k] = out.logits.dims();
-        let probs: Vec<f32> = softmax(out.logits.clone().detach(), 2)
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let boxes: Vec<f32> = out
-            .boxes
-            .clone()
-            .detach()
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        (0..b)
+        let host = |t: Tensor<3>| t.detach().into_data().convert::<f32>().try_into_vec::<f32>();
+        let probs = host(softmax(out.logits.clone(), 2)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let boxes = host(out.boxes.clone()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok((0..b)
             .map(|bi| {
                 let t = &targets[bi];
                 let n = t.labels.len();
@@ -81,9 +82,9 @@ impl SetCriterion {
                             - self.cost_giou * generalized_box_iou(box_cxcywh_to_xyxy(pb), box_cxcywh_to_xyxy(tb));
                     }
                 }
-                Ok(hungarian_match(&cost, q, n)?)
+                cost
             })
-            .collect()
+            .collect())
     }
 
     /// The three losses of one layer given its matching; `num_boxes` is the batch's target count.

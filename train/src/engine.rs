@@ -254,10 +254,9 @@ pub fn run<T: Task>(task: &T, device: &Device, opts: &TrainOptions) -> Result<Ru
         model = model.set_require_grad_group(param_group(frozen)?, false);
     }
 
-    checkpoint::trim_metrics(&output, progress.epoch)?;
-    if opts.record_batches && progress.epoch == 0 && progress.batch == 0 {
-        let _ = std::fs::remove_file(output.join("batches.jsonl"));
-    }
+    checkpoint::trim_epochs(&output, "metrics.jsonl", progress.epoch)?;
+    // An epoch resumed mid-way keeps the line of its batches.
+    checkpoint::trim_epochs(&output, "batches.jsonl", progress.epoch + usize::from(progress.batch > 0))?;
     let mut metrics_file = checkpoint::metrics_file(&output)?;
     let mut epochs = Vec::new();
     let mut last_eval = None;

@@ -114,7 +114,7 @@ fn tiny_vit_and_tnt_learn_the_shapes() {
 fn resumed_run_matches_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     dataset(&tmp.path().join("data"), 24);
-    let quiet = TrainOptions { quiet: true, ..Default::default() };
+    let quiet = TrainOptions { quiet: true, record_batches: true, ..Default::default() };
     // Both runs start from the same weights (tests share the backend's random generator).
     let init = tmp.path().join("init.bpk");
     let with_init = |out: &str| {
@@ -163,6 +163,42 @@ fn resumed_run_matches_uninterrupted_run() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap())
         .collect();
     assert_eq!(epochs, [1, 2]);
+
+    // batches.jsonl: each epoch once, every training image once per epoch, in another order each
+    // epoch, and the same files in the same order however the run was interrupted and resumed.
+    let batches = |run: &str| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(tmp.path().join(run).join("batches.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let straight = batches("a");
+    assert_eq!(straight.iter().map(|e| e["epoch"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2]);
+    let files = |epoch: &serde_json::Value| -> Vec<String> {
+        epoch["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect()
+    };
+    let mut training_images: Vec<String> = walk(&tmp.path().join("data/train"));
+    training_images.sort();
+    for epoch in &straight {
+        let mut listed = files(epoch);
+        listed.sort();
+        assert_eq!(listed, training_images);
+    }
+    assert_ne!(files(&straight[0]), files(&straight[1]), "each epoch is shuffled anew");
+    assert_eq!(batches("b"), straight);
+    assert_eq!(batches("c"), straight);
+}
+
+/// Every file under `dir`, as strings.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path.to_string_lossy().into_owned());
+        }
+    }
+    out
 }
 
 /// Data-parallel over two devices (here both the CPU) trains the same model as one device: the

@@ -26,6 +26,14 @@ use zoo_train::detr_loss::SetCriterion;
 use zoo_train::mix::smoothed_one_hot;
 use zoo_train::optimizer::{adamw, lr_scheduler, optimizer_step, param_group};
 
+/// The relative tolerance of losses and parameters: 1e-5, or `ZOO_STEP_PARITY_TOLERANCE` if larger
+/// (scripts/step_parity_full.py sets it to twice the spread between two runs of the reference
+/// itself where that exceeds 1e-5).
+fn tolerance() -> f64 {
+    let given = std::env::var("ZOO_STEP_PARITY_TOLERANCE").ok().map(|t| t.parse::<f64>().expect("a number"));
+    given.unwrap_or(0.0).max(1e-5)
+}
+
 /// A file of the ViT (`vit_tiny/...`) or DETR (`detr_tiny/...`) case.
 fn fixture(path: &str) -> PathBuf {
     match std::env::var_os("ZOO_STEP_PARITY_DIR") {
@@ -123,7 +131,7 @@ fn three_vit_training_steps_equal_timms() {
             "step {}: loss {loss} (timm {loss_ref}, {loss_diff:e} relative), lr {lr:e} (timm {lr_ref:e})",
             step + 1
         );
-        assert!(loss_diff < 1e-5, "step {}: loss {loss} against timm's {loss_ref}", step + 1);
+        assert!(loss_diff < tolerance(), "step {}: loss {loss} against timm's {loss_ref}", step + 1);
         assert!(lr_diff < 1e-12, "step {}: lr {lr} against timm's {lr_ref}", step + 1);
     }
 
@@ -134,7 +142,7 @@ fn three_vit_training_steps_equal_timms() {
     let (reference, ours) = (parameters(&reference), parameters(&model.valid()));
     let worst = compare_parameters(&ours, &reference, lrs.iter().sum::<f64>() as f32);
     println!("after 3 steps: every parameter within {:e} of timm's (relative, worst {})", worst.0, worst.1);
-    assert!(worst.0 < 1e-5, "{} is {:e} off timm's after 3 steps", worst.1, worst.0);
+    assert!((worst.0 as f64) < tolerance(), "{} is {:e} off timm's after 3 steps", worst.1, worst.0);
 }
 
 /// Per decoder layer, per image, the matched `(query, target)` pairs.
@@ -172,21 +180,51 @@ fn three_detr_training_steps_equal_transformers() {
     let mut sched = lr_scheduler(cfg, &groups, 1).unwrap();
     let (_, losses) = read_npy::<f32>(&fixture("detr_tiny/train_steps/losses.npy"));
     // The assignment the reference's loss used: with random weights the queries are nearly alike
-    // and their costs close (within 1e-5), so the zoo's matcher must find the same one for the
-    // losses to be comparable at all.
+    // and their costs close (within 1e-5). The zoo's matcher must find the same one or one that
+    // costs the same; the step then follows the reference's, so that the losses are comparable.
     let text = std::fs::read_to_string(fixture("detr_tiny/train_steps/matchings.json")).unwrap();
     let matchings: Vec<Matching> = serde_json::from_str(&text).unwrap();
     let criterion = SetCriterion::default();
+    // The largest relative loss difference and its step (checked after the parameters are shown).
+    let mut worst_loss = (0.0f64, 0);
     for (step, &loss_ref) in losses.iter().enumerate() {
         let outputs = model.forward_all(images.clone(), mask.clone());
-        let matching: Vec<_> = outputs.iter().map(|out| criterion.match_layer(out, &targets).unwrap()).collect();
-        assert_eq!(matching, matchings[step], "step {}: another assignment than the reference's", step + 1);
+        let reference = &matchings[step];
+        let mut ties = 0;
+        for (layer, (out, reference)) in outputs.iter().zip(reference).enumerate() {
+            let ours = criterion.match_layer(out, &targets).unwrap();
+            let costs = criterion.cost_matrices(out, &targets).unwrap();
+            for (image, ((ours, reference), cost)) in ours.iter().zip(reference).zip(&costs).enumerate() {
+                if ours == reference {
+                    continue;
+                }
+                // Another assignment is only allowed where it is a tie: both optimal under the
+                // zoo's costs, to float32 rounding.
+                let n = targets[image].labels.len();
+                let total = |pairs: &[(usize, usize)]| pairs.iter().map(|&(q, t)| cost[q * n + t] as f64).sum::<f64>();
+                let (a, b) = (total(ours), total(reference));
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                    "step {}, layer {layer}, image {image}: the reference's assignment {reference:?} costs {b}, the \
+                     zoo's {ours:?} {a}: not a tie",
+                    step + 1
+                );
+                ties += 1;
+            }
+        }
+        if ties > 0 {
+            println!("step {}: {ties} tied assignments (costs equal to 1e-5) follow the reference's", step + 1);
+        }
         let mut grads = GradientsAccumulator::new();
-        let (loss, _) = detr_step(&model, &criterion, images.clone(), mask.clone(), &targets, 1.0, &mut grads).unwrap();
+        let (loss, _) =
+            detr_step(&model, &criterion, images.clone(), mask.clone(), &targets, Some(reference), 1.0, &mut grads)
+                .unwrap();
         (model, _) = optimizer_step(model, &mut optim, &mut sched, &mut grads, cfg.grad_clip);
         let loss_diff = (loss - loss_ref as f64).abs() / loss_ref as f64;
         println!("step {}: loss {loss} (reference {loss_ref}, {loss_diff:e} relative)", step + 1);
-        assert!(loss_diff < 1e-5, "step {}: loss {loss} against the reference's {loss_ref}", step + 1);
+        if loss_diff > worst_loss.0 {
+            worst_loss = (loss_diff, step + 1);
+        }
     }
 
     let reference =
@@ -208,5 +246,7 @@ fn three_detr_training_steps_equal_transformers() {
     }
     let worst = compare_parameters(&ours, &parameters(&reference), 3e-4);
     println!("after 3 steps: every parameter within {:e} of the reference's (relative, worst {})", worst.0, worst.1);
-    assert!(worst.0 < 1e-5, "{} is {:e} off the reference's after 3 steps", worst.1, worst.0);
+    let (step, loss_diff) = (worst_loss.1, worst_loss.0);
+    assert!(loss_diff < tolerance(), "step {step}: the loss is {loss_diff:e} off the reference's (relative)");
+    assert!((worst.0 as f64) < tolerance(), "{} is {:e} off the reference's after 3 steps", worst.1, worst.0);
 }
