@@ -200,6 +200,24 @@ def build_detr(mc):
     replace_batch_norm(backbone)
     m.model.backbone.model = backbone
     m.model.input_projection = torch.nn.Conv2d(4 * mc["backbone_channels"][-1], d, 1)
+    return facebook_init(m)
+
+
+def facebook_init(m):
+    """facebookresearch/detr's initialisation, which trains from scratch (transformers' normal(0,
+    0.02) everywhere is for fine-tuning: its 100 query embeddings start nearly equal): every
+    transformer matrix Xavier-uniform with zero attention biases, the query embeddings N(0, 1),
+    the heads and the input projection as torch's layers initialise themselves."""
+    with torch.no_grad():
+        for part in (m.model.encoder, m.model.decoder):
+            for name, p in part.named_parameters():
+                if p.dim() > 1:
+                    torch.nn.init.xavier_uniform_(p)
+                elif "_proj." in name:
+                    p.zero_()
+        m.model.query_position_embeddings.weight.normal_()
+        for module in [m.model.input_projection, m.class_labels_classifier, *m.bbox_predictor.layers]:
+            module.reset_parameters()
     return m
 
 
@@ -431,6 +449,7 @@ def main():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(os.cpu_count())
     os.makedirs(args.out, exist_ok=True)
+    args.work = os.path.abspath(args.work)  # the configs' paths are relative to their own folder
     os.makedirs(args.work, exist_ok=True)
     summary_path = os.path.join(args.out, "side_by_side.json")
     summary = {}

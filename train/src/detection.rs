@@ -24,7 +24,7 @@ use zoo_models::detr::{Detr, DetrConfig, postprocess};
 use zoo_models::{ModelConfig, load_weights, load_weights_for_finetuning, save_burnpack};
 
 use crate::config::{TrainConfig, ZooConfig};
-use crate::detr_loss::SetCriterion;
+use crate::detr_loss::{LayerMatching, SetCriterion};
 use crate::engine::{self, EpochTotals, Step, Task, TrainOptions, Trained, progress_bar};
 use crate::loader::{decode_or_skip, epoch_order, prefetch, rng_for};
 use crate::optimizer::ParamGroups;
@@ -231,7 +231,7 @@ pub fn detr_step(
     images: Tensor<4>,
     mask: Tensor<3, Bool>,
     targets: &[DetrTarget],
-    matching: Option<&[Vec<Vec<(usize, usize)>>]>,
+    matching: Option<&[LayerMatching]>,
     scale: f64,
     grads: &mut GradientsAccumulator<Detr>,
 ) -> Result<(f64, [f64; 3])> {

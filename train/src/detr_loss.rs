@@ -41,6 +41,9 @@ impl Default for SetCriterion {
     }
 }
 
+/// One decoder layer's assignment: per image, the matched `(query, target)` pairs.
+pub type LayerMatching = Vec<Vec<(usize, usize)>>;
+
 /// The three losses of one decoder layer.
 #[derive(Debug, Clone)]
 pub struct LayerLosses {
@@ -51,7 +54,7 @@ pub struct LayerLosses {
 
 impl SetCriterion {
     /// Query-target pairs of every image for one layer, from detached predictions.
-    pub fn match_layer(&self, out: &DetrOutput, targets: &[DetrTarget]) -> Result<Vec<Vec<(usize, usize)>>> {
+    pub fn match_layer(&self, out: &DetrOutput, targets: &[DetrTarget]) -> Result<LayerMatching> {
         let q = out.logits.dims()[1];
         self.cost_matrices(out, targets)?
             .iter()
@@ -153,7 +156,7 @@ impl SetCriterion {
         &self,
         outputs: &[DetrOutput],
         targets: &[DetrTarget],
-        matching: &[Vec<Vec<(usize, usize)>>],
+        matching: &[LayerMatching],
     ) -> (Tensor<1>, Vec<LayerLosses>) {
         let num_boxes = (targets.iter().map(|t| t.labels.len()).sum::<usize>() as f64).max(1.0);
         let mut total: Option<Tensor<1>> = None;
