@@ -92,6 +92,16 @@ def timm_schedule(opt, train, steps_per_epoch):
                              warmup_lr_init=train["lr"] / 1000, warmup_prefix=True, t_in_epochs=False)
 
 
+def demo_setup(zoo, work, config_name, dataset):
+    """The demo config (`configs/<config_name>`) and its dataset, generated under `work`; seeds torch."""
+    with open(os.path.join(ROOT, "configs", config_name), "rb") as f:
+        config = tomllib.load(f)
+    data = os.path.join(work, dataset)
+    run_zoo(zoo, "generate", dataset, "--out", data)
+    torch.manual_seed(0)
+    return config, data
+
+
 # --- ViT --------------------------------------------------------------------------------------
 
 def vit_side_by_side(zoo, work, epochs):
@@ -99,12 +109,8 @@ def vit_side_by_side(zoo, work, epochs):
     from timm.models.vision_transformer import VisionTransformer
     from timm.optim._param_groups import param_groups_weight_decay
 
-    with open(os.path.join(ROOT, "configs/demo_vit.toml"), "rb") as f:
-        config = tomllib.load(f)
-    data = os.path.join(work, "textures")
-    run_zoo(zoo, "generate", "textures", "--out", data)
+    config, data = demo_setup(zoo, work, "demo_vit.toml", "textures")
     mc, train = config["model"], config["train"]
-    torch.manual_seed(0)
     m = VisionTransformer(img_size=mc["image_size"], patch_size=mc["patch_size"], embed_dim=mc["embed_dim"],
                           depth=mc["depth"], num_heads=mc["num_heads"], mlp_ratio=mc["mlp_ratio"],
                           num_classes=mc["num_classes"], global_pool=mc["global_pool"])
@@ -247,12 +253,8 @@ def detr_side_by_side(zoo, work, epochs):
     from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
     from make_train_step_fixtures import legacy_names
 
-    with open(os.path.join(ROOT, "configs/demo_detr.toml"), "rb") as f:
-        config = tomllib.load(f)
-    data = os.path.join(work, "objects")
-    run_zoo(zoo, "generate", "objects", "--out", data)
+    config, data = demo_setup(zoo, work, "demo_detr.toml", "objects")
     mc, train = config["model"], config["train"]
-    torch.manual_seed(0)
     m = build_detr(mc)
     init = os.path.join(work, "detr_init.safetensors")
     state = {k: v.contiguous() for k, v in m.state_dict().items() if "num_batches_tracked" not in k}
