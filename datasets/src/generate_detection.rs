@@ -42,9 +42,12 @@ fn inside(category_id: u64, [x, y, w, h]: [u32; 4], px: u32, py: u32) -> bool {
     }
 }
 
-/// An image with its objects, drawn from `rng`.
-fn scene(rng: &mut StdRng) -> (RgbImage, Vec<Object>) {
-    let (width, height) = (rng.random_range(96..=160u32), rng.random_range(96..=160u32));
+/// An image with its objects, drawn from `rng`: `canvas` x `canvas` pixels, or of a random size.
+fn scene(rng: &mut StdRng, canvas: Option<u32>) -> (RgbImage, Vec<Object>) {
+    let (width, height) = match canvas {
+        Some(side) => (side, side),
+        None => (rng.random_range(96..=160u32), rng.random_range(96..=160u32)),
+    };
     let mut objects: Vec<Object> = Vec::new();
     for _ in 0..rng.random_range(1..=3) {
         // A few tries to place an object that does not overlap the others.
@@ -80,14 +83,35 @@ fn scene(rng: &mut StdRng) -> (RgbImage, Vec<Object>) {
     (image, objects)
 }
 
-/// Writes `train_images` + `val_images` images and their COCO instances files under `root`;
-/// returns the paths of the two annotation files. An annotation's `area` is its box's. The same
-/// seed gives the same files.
+/// Writes `train_images` + `val_images` images (96 to 160 pixels wide and high) and their COCO
+/// instances files under `root`; returns the paths of the two annotation files. An annotation's
+/// `area` is its box's. The same seed gives the same files.
 pub fn generate_objects(
     root: &Path,
     train_images: usize,
     val_images: usize,
     seed: u64,
+) -> Result<[PathBuf; 2], DataError> {
+    write_objects(root, train_images, val_images, seed, None)
+}
+
+/// [`generate_objects`] with every image `side` x `side` pixels.
+pub fn generate_objects_square(
+    root: &Path,
+    train_images: usize,
+    val_images: usize,
+    seed: u64,
+    side: u32,
+) -> Result<[PathBuf; 2], DataError> {
+    write_objects(root, train_images, val_images, seed, Some(side))
+}
+
+fn write_objects(
+    root: &Path,
+    train_images: usize,
+    val_images: usize,
+    seed: u64,
+    canvas: Option<u32>,
 ) -> Result<[PathBuf; 2], DataError> {
     let io =
         |path: &Path, e: &dyn std::fmt::Display| DataError::Invalid(format!("cannot write {}: {e}", path.display()));
@@ -106,7 +130,7 @@ pub fn generate_objects(
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, &e))?;
         let (mut images, mut annotations) = (Vec::new(), Vec::new());
         for image_id in 1..=count {
-            let (image, objects) = scene(&mut rng);
+            let (image, objects) = scene(&mut rng, canvas);
             let file_name = format!("{image_id:06}.png");
             let path = dir.join(&file_name);
             image.save(&path).map_err(|e| io(&path, &e))?;

@@ -11,7 +11,7 @@ use burn::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use zoo_datasets::generate::{SHAPES, generate_shapes, shape_image};
-use zoo_datasets::generate_detection::{OBJECTS, generate_objects};
+use zoo_datasets::generate_detection::{OBJECTS, generate_objects_square};
 use zoo_models::Classifier;
 use zoo_train::ZooConfig;
 use zoo_train::detection::train_detr;
@@ -45,8 +45,10 @@ pub enum DemoDataset {
 
 /// Generated training images per texture class by default (a quarter as many for validation).
 pub const TEXTURES_PER_CLASS: usize = 200;
-/// Generated training images of the objects dataset (a quarter as many for validation).
-pub const OBJECT_IMAGES: usize = 192;
+/// Generated training images of the objects dataset (a quarter as many for validation), all
+/// `OBJECT_IMAGE_SIDE` pixels square.
+pub const OBJECT_IMAGES: usize = 600;
+pub const OBJECT_IMAGE_SIDE: u32 = 128;
 
 /// Writes the textures dataset under `dir`, `per_class` training images per class.
 fn generate_textures(dir: &Path, per_class: usize) -> Result<()> {
@@ -60,7 +62,7 @@ fn generate_textures(dir: &Path, per_class: usize) -> Result<()> {
 /// validation annotations.
 fn generate_object_set(dir: &Path, images: usize) -> Result<[PathBuf; 2]> {
     eprintln!("generating the objects dataset ({}) in {}", OBJECTS.join(", "), dir.display());
-    Ok(generate_objects(dir, images, images / 4, 5)?)
+    Ok(generate_objects_square(dir, images, images / 4, 5, OBJECT_IMAGE_SIDE)?)
 }
 
 /// `zoo generate`: one of the demo's datasets under `dir`, as the demo makes it (`train`
