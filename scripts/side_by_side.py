@@ -27,6 +27,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -63,6 +64,12 @@ def write_config(path, config):
             lines += [f"{k} = {toml_value(v)}" for k, v in sub.items()]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def fresh(path):
+    """`path` removed if it exists: each comparison trains from its first epoch."""
+    shutil.rmtree(path, ignore_errors=True)
+    return path
 
 
 def run_zoo(zoo, *args):
@@ -118,7 +125,7 @@ def vit_side_by_side(zoo, work, epochs):
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, init)
 
     train.update(train_dir=os.path.join(data, "train"), val_dir=os.path.join(data, "val"),
-                 output_dir=os.path.join(work, "zoo_vit"), init_from=init, hflip=0.0, scale_min=1.0)
+                 output_dir=fresh(os.path.join(work, "zoo_vit")), init_from=init, hflip=0.0, scale_min=1.0)
     if epochs:
         train.update(epochs=epochs, warmup_epochs=min(train["warmup_epochs"], epochs - 1))
     cfg_path = os.path.join(work, "vit.toml")
@@ -265,7 +272,7 @@ def detr_side_by_side(zoo, work, epochs):
     train.update(train_dir=os.path.join(data, "train"), val_dir=os.path.join(data, "val"),
                  train_annotations=os.path.join(data, "annotations/instances_train.json"),
                  val_annotations=os.path.join(data, "annotations/instances_val.json"),
-                 output_dir=os.path.join(work, "zoo_detr"), init_from=init, hflip=0.0)
+                 output_dir=fresh(os.path.join(work, "zoo_detr")), init_from=init, hflip=0.0)
     train["detection"].update(scales=[scale], crop_scales=[])
     if epochs:
         train["epochs"] = epochs

@@ -85,8 +85,8 @@ fn parse_checkpoint_name(name: &str) -> Option<(usize, usize)> {
 /// Writes a checkpoint folder atomically: `write` fills a temporary folder, the sha256 of each
 /// file it wrote goes into the progress (`progress.sha256`), and the folder is renamed to
 /// `epoch-NNNN`. When the epoch is the best so far (`best_epoch == epoch`), the model's hash is
-/// recorded as `best.bpk`'s, which [`export_best`] then writes. Older checkpoints beyond the last
-/// `keep` are removed.
+/// recorded as `best.bpk`'s, which [`export_best`] then writes. Checkpoints of later steps (an
+/// earlier run's) and older ones beyond the last `keep` are removed.
 pub fn save(
     output: &Path,
     progress: &mut Progress,
@@ -120,6 +120,12 @@ pub fn save(
     }
     std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move checkpoint into {}", dir.display()))?;
     let mut all = list(output)?;
+    // Checkpoints of later steps than this one are an earlier run's (a fresh run in an old
+    // output folder): they go first, as metrics.jsonl's later epochs do.
+    while all.last().is_some_and(|(step, _)| *step > (progress.epoch, progress.batch)) {
+        let (_, stale) = all.pop().expect("a checkpoint");
+        std::fs::remove_dir_all(&stale).with_context(|| format!("cannot remove {}", stale.display()))?;
+    }
     while all.len() > keep {
         let (_, old) = all.remove(0);
         std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;

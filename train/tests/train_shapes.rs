@@ -185,6 +185,18 @@ fn resumed_run_matches_uninterrupted_run() {
     assert_ne!(files(&straight[0]), files(&straight[1]), "each epoch is shuffled anew");
     assert_eq!(batches("b"), straight);
     assert_eq!(batches("c"), straight);
+
+    // A fresh run in an old run's folder: the old run's later checkpoint goes, so that a
+    // --resume afterwards continues this run, not the old one.
+    train_classifier(
+        &with_init("a"),
+        &Device::flex(),
+        &TrainOptions { stop_after: Some(1), quiet: true, ..Default::default() },
+    )
+    .unwrap();
+    let left: Vec<_> =
+        zoo_train::checkpoint::list(&tmp.path().join("a")).unwrap().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(left, [(1, 0)]);
 }
 
 /// Every file under `dir`, as strings.
