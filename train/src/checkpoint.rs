@@ -367,9 +367,10 @@ pub fn trim_epochs(output: &Path, name: &str, epochs: usize) -> Result<()> {
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))
 }
 
-/// The run's `metrics.jsonl`, opened for appending (a resumed run continues it).
-pub fn metrics_file(output: &Path) -> Result<std::fs::File> {
-    let path = output.join("metrics.jsonl");
+/// One of the run's per-epoch files (`metrics.jsonl`, `batches.jsonl`), opened for appending (a
+/// resumed run continues it).
+pub fn epoch_file(output: &Path, name: &str) -> Result<std::fs::File> {
+    let path = output.join(name);
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)

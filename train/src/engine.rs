@@ -188,18 +188,6 @@ fn plot_curves(output: &Path) {
     }
 }
 
-/// Appends an epoch's line to `batches.jsonl`: `{"epoch", "batch_size", "files"}` (epochs from 1).
-fn record_batches(output: &Path, epoch: usize, batch_size: usize, files: &[PathBuf]) -> Result<()> {
-    let path = output.join("batches.jsonl");
-    let line = serde_json::json!({"epoch": epoch + 1, "batch_size": batch_size, "files": files});
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    writeln!(file, "{line}").with_context(|| format!("cannot write {}", path.display()))
-}
-
 pub fn progress_bar(len: usize, quiet: bool, prefix: String) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
@@ -257,7 +245,8 @@ pub fn run<T: Task>(task: &T, device: &Device, opts: &TrainOptions) -> Result<Ru
     checkpoint::trim_epochs(&output, "metrics.jsonl", progress.epoch)?;
     // An epoch resumed mid-way keeps the line of its batches.
     checkpoint::trim_epochs(&output, "batches.jsonl", progress.epoch + usize::from(progress.batch > 0))?;
-    let mut metrics_file = checkpoint::metrics_file(&output)?;
+    let mut metrics_file = checkpoint::epoch_file(&output, "metrics.jsonl")?;
+    let mut batches_file = opts.record_batches.then(|| checkpoint::epoch_file(&output, "batches.jsonl")).transpose()?;
     let mut epochs = Vec::new();
     let mut last_eval = None;
     let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
@@ -276,8 +265,13 @@ pub fn run<T: Task>(task: &T, device: &Device, opts: &TrainOptions) -> Result<Ru
             totals: resumed_totals.take().unwrap_or_default(),
         };
         // (A run resumed mid-epoch has its epoch's line already.)
-        if opts.record_batches && first == 0 {
-            record_batches(&output, epoch, cfg.batch_size, &task.epoch_files(epoch))?;
+        if let Some(file) = batches_file.as_mut()
+            && first == 0
+        {
+            let line =
+                serde_json::json!({"epoch": epoch + 1, "batch_size": cfg.batch_size, "files": task.epoch_files(epoch)});
+            writeln!(file, "{line}")
+                .with_context(|| format!("cannot write {}", output.join("batches.jsonl").display()))?;
         }
         let mut lr = 0.0;
         for (i, batch) in (first..).zip(task.batches(epoch, first)) {

@@ -22,7 +22,7 @@ use zoo_models::{ModelConfig, load_weights};
 use zoo_train::ZooConfig;
 use zoo_train::classification::{classifier_param_groups, classifier_step};
 use zoo_train::detection::{detr_param_groups, detr_step};
-use zoo_train::detr_loss::SetCriterion;
+use zoo_train::detr_loss::{LayerMatching, SetCriterion};
 use zoo_train::mix::smoothed_one_hot;
 use zoo_train::optimizer::{adamw, lr_scheduler, optimizer_step, param_group};
 
@@ -146,7 +146,7 @@ fn three_vit_training_steps_equal_timms() {
 }
 
 /// Per decoder layer, per image, the matched `(query, target)` pairs.
-type Matching = Vec<Vec<Vec<(usize, usize)>>>;
+type Matching = Vec<LayerMatching>;
 
 #[test]
 fn three_detr_training_steps_equal_transformers() {
