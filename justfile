@@ -2,8 +2,9 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# Backends compiled into `zoo` (cargo features of zoo-infer): flex (default), ndarray, wgpu, tch.
-features := env_var_or_default("ZOO_FEATURES", "flex")
+# Backends compiled into `zoo` (cargo features of zoo-infer): flex (default), ndarray, wgpu, tch;
+# avx512 (default): the matrix kernels' AVX-512 versions, used where the CPU has them.
+features := env_var_or_default("ZOO_FEATURES", "flex,avx512")
 # The binary, wherever cargo puts it (CARGO_TARGET_DIR or ./target).
 zoo := env_var_or_default("CARGO_TARGET_DIR", "target") + "/release/zoo"
 
@@ -29,8 +30,18 @@ eval model config weights *args: build (_check-arch model config)
 
 # Needs torch 2.9.0, timm, transformers and scipy on PATH's python3.
 # Every model against PyTorch side by side, ratios to BENCHMARKS.md: just bench [--devices flex,wgpu] [--only TNT-S]
+# One table as the CPU runs natively; on a CPU with AVX-512 a second with both sides restricted to
+# AVX2 (a zoo built without its `avx512` feature, as `zoo-avx2` beside `zoo`).
 bench *args: build
-    python3 scripts/benchmarks.py --zoo {{zoo}} {{args}}
+    #!/usr/bin/env bash
+    set -euo pipefail
+    python3 scripts/benchmarks.py --zoo {{zoo}} --section "CPU, native" {{args}}
+    if grep -qw avx512f /proc/cpuinfo; then
+        cargo build --release -p zoo-infer --no-default-features --features flex
+        cp {{zoo}} {{zoo}}-avx2
+        cargo build --release -p zoo-infer --no-default-features --features {{features}}
+        python3 scripts/benchmarks.py --zoo {{zoo}}-avx2 --isa avx2 --section "CPU, restricted to AVX2" {{args}}
+    fi
 
 # Run every test on the default (flex) build.
 test:

@@ -11,13 +11,23 @@ step; in float32, or under `torch.autocast(dtype=torch.bfloat16)` with `--precis
 taking the median time per iteration, and reports images/s and the ratio ours / PyTorch (above 1
 means the zoo is faster). `--section` writes the table as that section of the output file,
 keeping the rest of it, instead of writing the whole file.
+
+Each PyTorch case runs in a process of its own, so that its peak RSS (the `ru_maxrss` of that
+process: torch, the model, the step) is the case's alone, as the zoo's is (one `zoo bench` per case).
+
+`--isa avx2` restricts both sides to AVX2 on a CPU that has AVX-512: PyTorch with
+`ATEN_CPU_CAPABILITY=avx2` and `MKL_ENABLE_INSTRUCTIONS=AVX2`, the zoo with `ZOO_ISA=avx2` on a
+binary built without the `avx512` feature (`--zoo`, e.g. `ZOO_FEATURES=flex` build copied aside);
+the table says which capability PyTorch reported.
 """
 import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
+import sys
 import time
 
 # Everything is built locally; transformers must not ask the Hub whether "resnet50" is a repository.
@@ -90,10 +100,35 @@ def torch_bench(kind, batch, train, warmup, iters, device="cpu", precision="f32"
     return batch / statistics.median(seconds)
 
 
-def zoo_bench(zoo, config, batch, train, warmup, iters, device, precision="f32"):
+# The environment each side runs under, by `--isa`.
+ISA_ENV = {
+    "native": ({}, {}),
+    "avx2": ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, {"ZOO_ISA": "avx2"}),
+}
+
+
+def torch_bench_process(kind, batch, train, warmup, iters, device, precision, isa):
+    """`torch_bench` in a fresh process: (images/s, peak RSS MiB, PyTorch's CPU capability)."""
+    cmd = [sys.executable, __file__, "--torch-case", json.dumps([kind, batch, train, warmup, iters, device, precision])]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **ISA_ENV[isa][0]})
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return r["images_per_sec"], r["peak_rss_mb"], r["capability"]
+
+
+def torch_case(spec):
+    kind, batch, train, warmup, iters, device, precision = json.loads(spec)
+    torch.set_num_threads(os.cpu_count())
+    ips = torch_bench(kind, batch, train, warmup, iters, device, precision)
+    print(json.dumps({"images_per_sec": ips, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "capability": torch.backends.cpu.get_cpu_capability()}))
+
+
+def zoo_bench(zoo, config, batch, train, warmup, iters, device, precision="f32", isa="native"):
     cmd = [zoo, "bench", "--config", config, "--batch", str(batch), "--iters", str(iters), "--warmup", str(warmup),
            "--device", device, "--precision", precision, "--json"] + (["--train"] if train else [])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ISA_ENV[isa][1]})
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
     return json.loads(out.stdout)
 
 
@@ -127,7 +162,12 @@ def main():
     p.add_argument("--precision", default="f32", choices=["f32", "bf16"],
                    help="bf16: PyTorch under autocast, the zoo with --precision bf16")
     p.add_argument("--section", default="", help="write the table as this section of --out, keeping the rest")
+    p.add_argument("--isa", default="native", choices=sorted(ISA_ENV),
+                   help="avx2: both sides restricted to AVX2 (--zoo must be a build without the avx512 feature)")
+    p.add_argument("--torch-case", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.torch_case:
+        return torch_case(args.torch_case)
     torch.set_num_threads(os.cpu_count())
     devices = args.devices.split(",")
     rows = []
@@ -136,18 +176,22 @@ def main():
             continue
         iters = args.train_iters if train else args.iters
         rounds = 1 if train else args.rounds
-        theirs_by_round, ours_by_round = [], {d: [] for d in devices}
+        theirs_by_round, ours_by_round, torch_rss = [], {d: [] for d in devices}, []
         for _ in range(rounds):
-            theirs_by_round.append(torch_bench(kind, batch, train, args.warmup, iters, args.torch_device, args.precision))
+            ips, rss, capability = torch_bench_process(kind, batch, train, args.warmup, iters, args.torch_device,
+                                                       args.precision, args.isa)
+            theirs_by_round.append(ips)
+            torch_rss.append(rss)
             for device in devices:
                 ours_by_round[device].append(
-                    zoo_bench(args.zoo, config, batch, train, args.warmup, iters, device, args.precision))
+                    zoo_bench(args.zoo, config, batch, train, args.warmup, iters, device, args.precision, args.isa))
         theirs = sorted(theirs_by_round)[len(theirs_by_round) // 2]
         for device in devices:
             ours = sorted(ours_by_round[device], key=lambda r: r["images_per_sec"])[len(ours_by_round[device]) // 2]
             ratio = ours["images_per_sec"] / theirs
             mode = "train step" if train else "inference"
-            rows.append((label, mode, batch, device, ours["images_per_sec"], theirs, ratio, ours["peak_rss_mb"]))
+            rows.append((label, mode, batch, device, ours["images_per_sec"], theirs, ratio,
+                         max(r["peak_rss_mb"] for r in ours_by_round[device]), max(torch_rss)))
             rounds_text = ", ".join(f"{r['images_per_sec']:.2f}/{t:.2f}" for r, t in zip(ours_by_round[device], theirs_by_round))
             print(f"{label} {mode} batch {batch} on {device}: zoo {ours['images_per_sec']:.2f} img/s, "
                   f"torch {theirs:.2f} img/s, ratio {ratio:.2f} (rounds zoo/torch: {rounds_text})", flush=True)
@@ -159,24 +203,40 @@ def main():
             cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(l.split(":", 1)[1].split() for l in f if l.startswith("flags")))
+    except (OSError, StopIteration):
+        pass
+    native = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else platform.machine()
+    isa_text = (f"vector ISA: {native}, as the machine runs natively" if args.isa == "native" else
+                f"CPU with {native}, both sides restricted to AVX2 (PyTorch `ATEN_CPU_CAPABILITY=avx2`, "
+                "`MKL_ENABLE_INSTRUCTIONS=AVX2`; the zoo built without its `avx512` feature, `ZOO_ISA=avx2`)")
     torch_side = f"PyTorch {torch.__version__} eager " + ("bf16 autocast" if args.precision == "bf16" else "fp32")
+    torch_side += f" (its CPU capability: {capability})"
     if args.torch_device == "cuda":
         torch_side += f" on {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
     else:
         torch_side += f" with {torch.get_num_threads()} threads"
     command = " ".join(["python scripts/benchmarks.py", f"--devices {args.devices}"]
                        + ([f"--torch-device {args.torch_device}"] if args.torch_device != "cpu" else [])
-                       + ([f"--precision {args.precision}"] if args.precision != "f32" else []))
-    table = (f"Measured by `{command}` in one run on {cpu}, {os.cpu_count()} cores, {torch_side}; the zoo in "
+                       + ([f"--precision {args.precision}"] if args.precision != "f32" else [])
+                       + ([f"--isa {args.isa}"] if args.isa != "native" else []))
+    table = (f"Measured by `{command}` in one run on {cpu} ({isa_text}), {os.cpu_count()} cores, {torch_side}; "
+             f"the zoo in "
              f"{args.precision}; "
              f"{args.warmup} warm-up iteration, then the median of {args.iters} timed iterations for inference and "
              f"of {args.train_iters} for a training step, the same for both; each inference case alternates "
              f"PyTorch and the zoo {args.rounds} times and reports the median round. Ratio = zoo / PyTorch "
-             "images per second (above 1: the zoo is faster). Random weights; speed does not depend on them.\n\n"
-             "| model | mode | batch | zoo device | zoo img/s | PyTorch img/s | ratio | zoo peak RSS MiB |\n"
-             "|---|---|---|---|---|---|---|---|\n"
-             + "".join(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.0f} |\n"
-                       for r in rows))
+             "images per second (above 1: the zoo is faster). Peak RSS: the largest of the case's processes on "
+             "each side; RSS ratio = zoo / PyTorch (below 1: the zoo takes less). Random weights; speed does not "
+             "depend on them.\n\n"
+             "| model | mode | batch | zoo device | zoo img/s | PyTorch img/s | ratio | zoo peak RSS MiB "
+             "| PyTorch peak RSS MiB | RSS ratio |\n"
+             "|---|---|---|---|---|---|---|---|---|---|\n"
+             + "".join(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.0f} "
+                       f"| {r[8]:.0f} | {r[7] / r[8]:.2f} |\n" for r in rows))
     if args.section:
         write_section(args.out, args.section, table)
     else:

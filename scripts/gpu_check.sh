@@ -35,7 +35,7 @@ if ! ldconfig -p 2>/dev/null | grep -q libvulkan.so.1; then
     fi
 fi
 stamp "building zoo with flex, wgpu, tch"
-ZOO_FEATURES=flex,wgpu,tch just build
+ZOO_FEATURES=flex,avx512,wgpu,tch just build
 zoo=${CARGO_TARGET_DIR:-target}/release/zoo
 "$zoo" devices | tee /tmp/zoo-devices.txt
 

@@ -9,7 +9,7 @@ saves its weights in each layout the zoo loads (timm: .safetensors and a .pth ne
 "model"; DETR: HF .safetensors and the original facebookresearch/detr .pth layout), runs the
 reference and `zoo classify|detect --input-npy --json` on the same random input and prints the
 largest absolute differences, once per `--device` (each passed to `zoo --device`; the binary
-must be built with those backends, e.g. `ZOO_FEATURES=flex,ndarray,wgpu,tch just build`). Exits
+must be built with those backends, e.g. `ZOO_FEATURES=flex,avx512,ndarray,wgpu,tch just build`). Exits
 non-zero if a difference is over the tolerance: float32 1e-4 (boxes 1e-5) absolute; with
 `--precision f16|bf16` (the zoo computing in half precision against the float32 reference) the
 difference relative to the largest reference value, at most 2e-2 for f16 and 1e-1 for bf16.

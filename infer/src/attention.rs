@@ -226,7 +226,7 @@ fn write_npy(dir: &Path, maps: &BTreeMap<&'static str, Vec<Probs>>) -> Result<Ve
     Ok(written)
 }
 
-fn host_maps(maps: zoo_models::cpu::AttentionMaps) -> Result<BTreeMap<&'static str, Vec<Probs>>> {
+fn host_maps(maps: zoo_models::ops::AttentionMaps) -> Result<BTreeMap<&'static str, Vec<Probs>>> {
     maps.into_inner()
         .into_iter()
         .map(|(kind, layers)| Ok((kind, layers.into_iter().map(Probs::read).collect::<Result<Vec<_>>>()?)))

@@ -349,7 +349,8 @@ fn point(text: &str) -> Result<(f32, f32), String> {
 fn main() {
     keep_freed_memory();
     compute_on_main_thread();
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Err(e) = check_isa().and_then(|()| run(cli)) {
         // A reader that went away (`zoo classify ... | head`) ends the program quietly, as
         // command-line tools do.
         let broken_pipe = e
@@ -366,6 +367,21 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `ZOO_ISA` as the kernels will read it; `avx2` on an AVX-512 CPU needs a build whose matrix
+/// kernels have no AVX-512 (the gemm crate picks them at run time whenever they are compiled in).
+fn check_isa() -> Result<()> {
+    let isa = zoo_models::ops::isa_from_env().map_err(anyhow::Error::msg)?;
+    #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
+    if isa == zoo_models::ops::Isa::Avx2 && std::is_x86_feature_detected!("avx512f") {
+        anyhow::bail!(
+            "ZOO_ISA=avx2: this zoo was built with the `avx512` feature, whose matrix kernels use AVX-512 on \
+             this CPU; build it without: ZOO_FEATURES=flex just build"
+        );
+    }
+    let _ = isa;
+    Ok(())
 }
 
 /// A flag that the first Ctrl-C (or SIGTERM) sets, so that training finishes its step and writes

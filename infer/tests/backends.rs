@@ -175,7 +175,7 @@ fn masked_attention_agrees_with_the_host_on_every_backend() {
         for device in [device.clone(), device.autodiff()] {
             let t = |x: &[f32], n: usize| Tensor::<3>::from_data(TensorData::new(x.to_vec(), [b, n, c]), &device);
             let mask = Tensor::<2, Bool>::from_data(TensorData::new(padding.clone(), [b, nk]), &device);
-            let y = zoo_models::cpu::attention(t(&q, nq), t(&k, nk), t(&v, nk), heads, Some(mask));
+            let y = zoo_models::ops::attention(t(&q, nq), t(&k, nk), t(&v, nk), heads, Some(mask));
             let diff = max_abs_diff(&values(y), &expected);
             println!("masked attention on {backend} ({device:?}): max |ours - host| = {diff:e}");
             assert!(diff < 1e-5, "masked attention on {backend}: max |ours - host| = {diff:e}");
@@ -313,7 +313,7 @@ fn a_detr_training_step_agrees_with_flex_on_every_backend() {
 /// The models' recorded attention probabilities of every layer against the references' (timm's
 /// `attn_drop` input, transformers' `output_attentions`; scripts/make_attention_fixtures.py):
 /// each kind `{kind}_{i}.npy` in the fixture's `attention/` folder, every row a distribution.
-fn check_attention(case: &str, backend: &str, maps: zoo_models::cpu::AttentionMaps) -> Vec<(String, Vec<f32>)> {
+fn check_attention(case: &str, backend: &str, maps: zoo_models::ops::AttentionMaps) -> Vec<(String, Vec<f32>)> {
     let mut checked = Vec::new();
     for (kind, layers) in maps.into_inner() {
         for (i, probs) in layers.into_iter().enumerate() {

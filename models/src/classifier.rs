@@ -5,8 +5,8 @@ use std::path::Path;
 use burn::prelude::*;
 
 use crate::config::ModelConfig;
-use crate::cpu::AttentionMaps;
 use crate::import::{ImportError, load_weights, load_weights_for_finetuning, save_burnpack};
+use crate::ops::AttentionMaps;
 use crate::tnt::Tnt;
 use crate::vit::Vit;
 

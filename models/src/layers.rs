@@ -3,7 +3,7 @@
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::cpu::{gelu, linear};
+use crate::ops::{gelu, linear};
 
 /// timm's `Mlp`: `fc2(GELU(fc1(x)))`, GELU with erf.
 #[derive(Module, Debug)]

@@ -8,8 +8,8 @@ use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxP
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 
-use crate::cpu::{channel_affine, conv2d, max_pool2d};
 use crate::import::{Checkpoint, Tensors};
+use crate::ops::{adaptive_avg_pool2d, channel_affine, conv2d, linear, max_pool2d};
 
 /// Batch norm with fixed statistics and affine parameters:
 /// `y = x * scale + (bias - running_mean * scale)`, `scale = weight / sqrt(running_var + eps)`.
@@ -186,9 +186,9 @@ impl ResNet {
     /// Class logits, for a ResNet built with a classifier head.
     pub fn forward(&self, images: Tensor<4>) -> Option<Tensor<2>> {
         let fc = self.fc.as_ref()?;
-        let pooled = self.avgpool.forward(self.forward_features(images));
+        let pooled = adaptive_avg_pool2d(&self.avgpool, self.forward_features(images));
         let b = pooled.dims()[0];
-        Some(fc.forward(pooled.reshape([b, self.num_features])))
+        Some(linear(fc, pooled.reshape([b, self.num_features])))
     }
 }
 

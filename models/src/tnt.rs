@@ -15,9 +15,9 @@ use crate::check;
 use crate::common::{
     GlobalPool, check_depth_classes_eps, check_heads, check_input, check_mlp_ratio, defaults, mlp_hidden,
 };
-use crate::cpu::{AttentionMaps, Record, attend, linear};
 use crate::import::{Checkpoint, Tensors};
 use crate::layers::{Mlp, timm_init, timm_linear};
+use crate::ops::{AttentionMaps, Record, attend, conv2d, layer_norm, linear};
 use crate::resample::fit_pos_embed;
 
 /// TNT-S is `embed_dim 384, inner_dim 24, depth 12, num_heads_outer 6, num_heads_inner 4`.
@@ -165,7 +165,7 @@ impl PixelEmbed {
         let p = self.patch_size;
         let (gh, gw) = (h / p, w / p);
         let patches = images.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b * gh * gw, c, p, p]);
-        let x = self.proj.forward(patches) + pixel_pos;
+        let x = conv2d(&self.proj, patches) + pixel_pos;
         let [n, di, ph, pw] = x.dims();
         x.reshape([n, di, ph * pw]).swap_dims(1, 2)
     }
@@ -198,17 +198,17 @@ impl TntBlock {
         maps: Option<&AttentionMaps>,
     ) -> (Tensor<3>, Tensor<3>) {
         let pixels =
-            pixels.clone() + self.attn_in.forward(self.norm_in.forward(pixels), maps.map(|m| (m, "inner_attn")));
-        let pixels = pixels.clone() + self.mlp_in.forward(self.norm_mlp_in.forward(pixels));
+            pixels.clone() + self.attn_in.forward(layer_norm(&self.norm_in, pixels), maps.map(|m| (m, "inner_attn")));
+        let pixels = pixels.clone() + self.mlp_in.forward(layer_norm(&self.norm_mlp_in, pixels));
         let [b, n, d] = patches.dims();
         let flat = pixels.clone().reshape([b, n - 1, pixels.dims()[1] * pixels.dims()[2]]);
-        let link = self.norm2_proj.forward(linear(&self.proj, self.norm1_proj.forward(flat)));
+        let link = layer_norm(&self.norm2_proj, linear(&self.proj, layer_norm(&self.norm1_proj, flat)));
         // The class token (index 0) receives nothing from the pixels.
         let link = Tensor::cat(vec![Tensor::zeros([b, 1, d], &link.device()), link], 1);
         let patches = patches + link;
         let patches =
-            patches.clone() + self.attn_out.forward(self.norm_out.forward(patches), maps.map(|m| (m, "attn")));
-        let patches = patches.clone() + self.mlp.forward(self.norm_mlp.forward(patches));
+            patches.clone() + self.attn_out.forward(layer_norm(&self.norm_out, patches), maps.map(|m| (m, "attn")));
+        let patches = patches.clone() + self.mlp.forward(layer_norm(&self.norm_mlp, patches));
         (pixels, patches)
     }
 }
@@ -256,21 +256,21 @@ impl Tnt {
         let [bn, np, di] = pixels.dims();
         let n = bn / b;
         let patches = pixels.clone().reshape([b, n, np * di]);
-        let patches = self.norm2_proj.forward(linear(&self.proj, self.norm1_proj.forward(patches)));
+        let patches = layer_norm(&self.norm2_proj, linear(&self.proj, layer_norm(&self.norm1_proj, patches)));
         let d = patches.dims()[2];
         let cls = self.cls_token.val().expand([b, 1, d]);
         let mut patches = Tensor::cat(vec![cls, patches], 1) + self.patch_pos.val();
         for block in &self.blocks {
             (pixels, patches) = block.forward(pixels, patches, maps);
         }
-        self.norm.forward(patches)
+        layer_norm(&self.norm, patches)
     }
 
     /// timm's `forward_head`: pools the tokens of [`Tnt::forward_features`] to `[B, D]` and
     /// applies the head, `[B, num_classes]`; with `pre_logits` it stops before the head.
     pub fn forward_head(&self, tokens: Tensor<3>, pre_logits: bool) -> Tensor<2> {
         let pooled = self.global_pool.pool(tokens);
-        if pre_logits { pooled } else { self.head.forward(pooled) }
+        if pre_logits { pooled } else { linear(&self.head, pooled) }
     }
 
     /// Class logits `[B, num_classes]` for normalised images `[B, C, H, W]`.

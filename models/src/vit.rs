@@ -11,9 +11,9 @@ use crate::check;
 use crate::common::{
     GlobalPool, check_depth_classes_eps, check_heads, check_input, check_mlp_ratio, defaults, mlp_hidden,
 };
-use crate::cpu::{AttentionMaps, attend, linear};
 use crate::import::{Checkpoint, Tensors};
 use crate::layers::{Mlp, timm_init, timm_linear};
+use crate::ops::{AttentionMaps, attend, conv2d, layer_norm, linear};
 use crate::resample::fit_pos_embed;
 
 /// A ViT family member: Ti/16 is `embed_dim 192, num_heads 3`, S/16 `384, 6`, B/16 `768, 12`,
@@ -114,7 +114,7 @@ pub struct PatchEmbed {
 impl PatchEmbed {
     /// `[B, C, H, W]` -> `[B, (H/p)*(W/p), D]`, patches in row-major order.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<3> {
-        self.proj.forward(images).flatten::<3>(2, 3).swap_dims(1, 2)
+        conv2d(&self.proj, images).flatten::<3>(2, 3).swap_dims(1, 2)
     }
 }
 
@@ -149,8 +149,8 @@ pub struct Block {
 
 impl Block {
     pub fn forward(&self, x: Tensor<3>, maps: Option<&AttentionMaps>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x), maps);
-        x.clone() + self.mlp.forward(self.norm2.forward(x))
+        let x = x.clone() + self.attn.forward(layer_norm(&self.norm1, x), maps);
+        x.clone() + self.mlp.forward(layer_norm(&self.norm2, x))
     }
 }
 
@@ -197,7 +197,7 @@ impl Vit {
             x = block.forward(x, maps);
         }
         match &self.norm {
-            Some(norm) => norm.forward(x),
+            Some(norm) => layer_norm(norm, x),
             None => x,
         }
     }
@@ -208,10 +208,10 @@ impl Vit {
     pub fn forward_head(&self, tokens: Tensor<3>, pre_logits: bool) -> Tensor<2> {
         let pooled = self.global_pool.pool(tokens);
         let pooled = match &self.fc_norm {
-            Some(fc_norm) => fc_norm.forward(pooled),
+            Some(fc_norm) => layer_norm(fc_norm, pooled),
             None => pooled,
         };
-        if pre_logits { pooled } else { self.head.forward(pooled) }
+        if pre_logits { pooled } else { linear(&self.head, pooled) }
     }
 
     /// Class logits `[B, num_classes]` for normalised images `[B, C, H, W]`.

@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use zoo_models::cpu::attention;
+use zoo_models::ops::attention;
 
 fn textbook(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize, mask: Option<Tensor<2, Bool>>) -> Tensor<3> {
     let [b, nq, c] = q.dims();

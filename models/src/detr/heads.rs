@@ -6,6 +6,7 @@ use burn::tensor::activation::{relu, softmax};
 
 use super::DetrOutput;
 use crate::box_ops::{box_cxcywh_to_xyxy, scale_box};
+use crate::ops::linear;
 
 /// Three linear layers with ReLU between them: the box regression head.
 #[derive(Module, Debug)]
@@ -22,7 +23,7 @@ impl BoxHead {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let last = self.layers.len() - 1;
         self.layers.iter().enumerate().fold(x, |x, (i, layer)| {
-            let y = layer.forward(x);
+            let y = linear(layer, x);
             if i < last { relu(y) } else { y }
         })
     }

@@ -14,7 +14,7 @@ use burn::tensor::activation::sigmoid;
 use serde::{Deserialize, Serialize};
 
 use crate::check;
-use crate::cpu::{AttentionMaps, conv2d};
+use crate::ops::{AttentionMaps, conv2d, linear};
 use crate::resnet::ResNet;
 
 pub use heads::{BoxHead, Detection, postprocess};
@@ -227,7 +227,7 @@ impl Detr {
             .transformer
             .forward(src, mask, self.query_embed.weight.val(), pos, maps)
             .map(|hs| DetrOutput {
-                logits: self.class_embed.forward(hs.clone()),
+                logits: linear(&self.class_embed, hs.clone()),
                 boxes: sigmoid(self.bbox_embed.forward(hs)),
             })
             .collect();

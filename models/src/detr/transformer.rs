@@ -8,7 +8,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::cpu::{AttentionMaps, Record, attend, linear, linear_with};
+use crate::ops::{AttentionMaps, Record, attend, layer_norm, linear, linear_with};
 
 /// `torch.nn.MultiheadAttention`: one fused input projection `in_proj_weight` `[3d, d]` (rows:
 /// query, key, value), scaled dot-product attention over heads, output projection.
@@ -66,7 +66,7 @@ fn dropout<const D: usize>(x: Tensor<D>, p: f64) -> Tensor<D> {
 /// `norm(x + dropout(linear2(dropout(relu(linear1(x))))))`.
 fn feed_forward(x: Tensor<3>, linear1: &Linear, linear2: &Linear, norm: &LayerNorm, p: f64) -> Tensor<3> {
     let ffn = linear(linear2, dropout(relu(linear(linear1, x.clone())), p));
-    norm.forward(x + dropout(ffn, p))
+    layer_norm(norm, x + dropout(ffn, p))
 }
 
 /// Sizes of the transformer's layers.
@@ -123,7 +123,7 @@ impl EncoderLayer {
         let qk = src.clone() + pos;
         let record = maps.map(|m| (m, "encoder_attn"));
         let attended = self.self_attn.forward(qk.clone(), qk, src.clone(), Some(mask), record);
-        let src = self.norm1.forward(src + dropout(attended, p));
+        let src = layer_norm(&self.norm1, src + dropout(attended, p));
         feed_forward(src, &self.linear1, &self.linear2, &self.norm2, p)
     }
 }
@@ -181,11 +181,11 @@ impl DecoderLayer {
         let qk = tgt.clone() + query_pos.clone();
         let attended =
             self.self_attn.forward(qk.clone(), qk, tgt.clone(), None, maps.map(|m| (m, "decoder_self_attn")));
-        let tgt = self.norm1.forward(tgt + dropout(attended, p));
+        let tgt = layer_norm(&self.norm1, tgt + dropout(attended, p));
         let (query, key) = (tgt.clone() + query_pos, memory.clone() + pos);
         let record = maps.map(|m| (m, "decoder_cross_attn"));
         let attended = self.multihead_attn.forward(query, key, memory, Some(mask), record);
-        let tgt = self.norm2.forward(tgt + dropout(attended, p));
+        let tgt = layer_norm(&self.norm2, tgt + dropout(attended, p));
         feed_forward(tgt, &self.linear1, &self.linear2, &self.norm3, p)
     }
 }
@@ -213,7 +213,7 @@ impl Decoder {
     ) -> impl Iterator<Item = Tensor<3>> + 'a {
         self.layers.iter().scan(tgt, move |tgt, layer| {
             *tgt = layer.forward(tgt.clone(), query_pos.clone(), memory.clone(), pos.clone(), mask.clone(), maps);
-            Some(self.norm.forward(tgt.clone()))
+            Some(layer_norm(&self.norm, tgt.clone()))
         })
     }
 }

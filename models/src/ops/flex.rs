@@ -581,6 +581,14 @@ impl Head<'_> {
     }
 }
 
+/// Whether the element-wise kernels may use AVX-512: not when `ZOO_ISA=avx2` (see
+/// [`super::isa_from_env`]), read once.
+#[cfg(target_arch = "x86_64")]
+fn avx512_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| super::isa_from_env() != Ok(super::Isa::Avx2))
+}
+
 /// Element-wise loops compiled for AVX-512 and AVX2 (chosen at run time) and for the baseline.
 mod simd {
     macro_rules! multiversion {
@@ -595,7 +603,10 @@ mod simd {
                     unsafe fn avx512($arg: $ty) { generic($arg) }
                     #[target_feature(enable = "avx2,fma")]
                     unsafe fn avx2($arg: $ty) { generic($arg) }
-                    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                    if super::avx512_allowed()
+                        && std::is_x86_feature_detected!("avx512f")
+                        && std::is_x86_feature_detected!("fma")
+                    {
                         // SAFETY: the CPU has the features the function was compiled for.
                         return unsafe { avx512($arg) };
                     }

@@ -1,8 +1,9 @@
-//! Fused inference kernels for the `flex` CPU backend.
+//! The models' one seam to the tensor ops, with fused kernels for the `flex` CPU backend.
 //!
-//! The models call [`linear`], [`gelu`], [`conv2d`], [`max_pool2d`], [`channel_affine`] and
-//! [`attend`] (which records attention probabilities when asked, else calls [`attention`])
-//! instead of Burn's ops. On a flex
+//! Every linear layer, convolution, pooling, normalisation, GELU and attention of the models
+//! goes through this module: [`linear`], [`gelu`], [`layer_norm`], [`conv2d`], [`max_pool2d`],
+//! [`adaptive_avg_pool2d`], [`channel_affine`] and [`attend`] (which records attention
+//! probabilities when asked, else calls [`attention`]). Training and inference share them. On a flex
 //! tensor outside autodiff (inference, validation) they run the kernels below; anywhere else
 //! (GPU, libtorch, ndarray, training) they fall back to Burn's ops, so every backend computes
 //! the same function and training differentiates through Burn as usual.
@@ -30,13 +31,37 @@
 //! cost a fifth of the time. Make the calling thread a pool thread first, as `zoo` does:
 //! `rayon::ThreadPoolBuilder::new().use_current_thread().build_global()`.
 
-use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
-use burn::nn::pool::MaxPool2d;
+use burn::nn::pool::{AdaptiveAvgPool2d, MaxPool2d};
+use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 
 #[cfg(feature = "flex")]
 mod flex;
+
+/// The widest vector instructions the zoo's own CPU kernels may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Whatever the CPU has (AVX-512, AVX2, NEON), picked at run time.
+    Native,
+    /// At most AVX2 and FMA on x86-64, as on CPUs without AVX-512 (to measure such CPUs on one
+    /// that has it). The matrix kernels come from the gemm crate, which picks AVX-512 at run time
+    /// whenever it was compiled in: a zoo built without the `avx512` feature of `zoo-infer` has
+    /// only its AVX2 kernels.
+    Avx2,
+}
+
+/// The environment's `ZOO_ISA`: unset or `native`, or `avx2`; anything else is an error that
+/// names the variable and the value.
+pub fn isa_from_env() -> Result<Isa, String> {
+    match std::env::var("ZOO_ISA") {
+        Err(std::env::VarError::NotPresent) => Ok(Isa::Native),
+        Ok(v) if v == "native" || v.is_empty() => Ok(Isa::Native),
+        Ok(v) if v == "avx2" => Ok(Isa::Avx2),
+        Ok(v) => Err(format!("ZOO_ISA={v:?}: expected `native` or `avx2`")),
+        Err(e) => Err(format!("ZOO_ISA: {e}")),
+    }
+}
 
 /// `x @ weight + bias` over the last dimension of `x`, `weight` `[d_in, d_out]`.
 pub fn linear_with<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
@@ -61,6 +86,18 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         Err((x, _, _)) => x,
     };
     layer.forward(x)
+}
+
+/// Layer normalisation over the last dimension: Burn's fused `layer_norm` op (flex specialises
+/// it), which is what `LayerNorm::forward` calls on every backend.
+pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
+    norm.forward(x)
+}
+
+/// Global average pooling (ResNet's head): Burn's op on every backend; it runs once per image
+/// on a small feature map, no kernel of its own is worth it.
+pub fn adaptive_avg_pool2d(pool: &AdaptiveAvgPool2d, x: Tensor<4>) -> Tensor<4> {
+    pool.forward(x)
 }
 
 /// GELU with erf, as `torch.nn.GELU()`, with its exact gradient on every backend.
