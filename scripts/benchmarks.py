@@ -194,7 +194,8 @@ def main():
                          max(r["peak_rss_mb"] for r in ours_by_round[device]), max(torch_rss)))
             rounds_text = ", ".join(f"{r['images_per_sec']:.2f}/{t:.2f}" for r, t in zip(ours_by_round[device], theirs_by_round))
             print(f"{label} {mode} batch {batch} on {device}: zoo {ours['images_per_sec']:.2f} img/s, "
-                  f"torch {theirs:.2f} img/s, ratio {ratio:.2f} (rounds zoo/torch: {rounds_text})", flush=True)
+                  f"torch {theirs:.2f} img/s, ratio {ratio:.2f} (rounds zoo/torch: {rounds_text}); peak RSS MiB zoo "
+                  f"{rows[-1][7]:.0f}, torch {rows[-1][8]:.0f}", flush=True)
     if args.only:
         return
     cpu = platform.processor() or platform.machine()
