@@ -198,18 +198,17 @@ def main():
                   f"{rows[-1][7]:.0f}, torch {rows[-1][8]:.0f}", flush=True)
     if args.only:
         return
-    cpu = platform.processor() or platform.machine()
+    # The CPU's name and flags from the first processor of /proc/cpuinfo (where there is one).
+    cpuinfo = {}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in f:
+                key, _, value = line.partition(":")
+                cpuinfo.setdefault(key.strip(), value.strip())
+    except OSError:
         pass
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next(l.split(":", 1)[1].split() for l in f if l.startswith("flags")))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpuinfo.get("model name") or platform.processor() or platform.machine()
+    flags = set(cpuinfo.get("flags", "").split())
     native = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else platform.machine()
     isa_text = (f"vector ISA: {native}, as the machine runs natively" if args.isa == "native" else
                 f"CPU with {native}, both sides restricted to AVX2 (PyTorch `ATEN_CPU_CAPABILITY=avx2`, "
