@@ -38,6 +38,8 @@ use burn::prelude::*;
 
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(feature = "flex")]
+pub mod fused;
 
 /// The widest vector instructions the zoo's own CPU kernels may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,10 +90,27 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     layer.forward(x)
 }
 
-/// Layer normalisation over the last dimension: Burn's fused `layer_norm` op (flex specialises
-/// it), which is what `LayerNorm::forward` calls on every backend.
+/// Layer normalisation over the last dimension: under autodiff on flex the fused op with its
+/// backward pass ([`fused`]); elsewhere Burn's `layer_norm` op (flex specialises it), which is
+/// what `LayerNorm::forward` calls on every backend.
 pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if x.device().is_autodiff() && fused::applies(&x) {
+        if let (Some(beta), Some(epsilon)) = (&norm.beta, layer_norm_epsilon(norm)) {
+            return fused::layer_norm(x, norm.gamma.val(), beta.val(), epsilon as f32);
+        }
+    }
     norm.forward(x)
+}
+
+/// The epsilon of a Burn `LayerNorm`, which has no getter for it: read from what the module
+/// displays (`d_model`, `epsilon`, `bias`), where Rust's float formatting prints it exactly
+/// (shortest round trip). `None` if that display ever changes: the caller then uses Burn's op.
+pub fn layer_norm_epsilon(norm: &LayerNorm) -> Option<f64> {
+    use burn::module::{Content, DisplaySettings, ModuleDisplay};
+    let content = norm.custom_content(Content::new(DisplaySettings::new()))?;
+    let attribute = content.attributes.iter().find(|a| a.name == "epsilon")?;
+    attribute.value.parse().ok()
 }
 
 /// Global average pooling (ResNet's head): Burn's op on every backend; it runs once per image
@@ -105,6 +124,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "flex")]
     let x = match flex::gelu(x) {
         Ok(y) => return y,
+        Err(x) if fused::applies(&x) => return fused::gelu(x),
         Err(x) => x,
     };
     let device = x.device();
@@ -227,9 +247,27 @@ pub fn attention(
     #[cfg(feature = "flex")]
     let args = match flex::attention(args, num_heads) {
         Ok(y) => return y,
+        Err(args) if fused::applies(&args.0) => return attention_with_fused_softmax(args, num_heads),
         Err(args) => args,
     };
     attention_by_ops(args, num_heads)
+}
+
+/// [`attention`] as two matrix products around [`fused::softmax`] (which scales the scores):
+/// under autodiff on flex, where Burn's attention op falls back to one op per step of the
+/// softmax, each with its own backward pass.
+#[cfg(feature = "flex")]
+fn attention_with_fused_softmax((q, k, v, key_padding_mask): AttentionArgs, num_heads: usize) -> Tensor<3> {
+    let [b, nq, c] = q.dims();
+    let scale = ((c / num_heads) as f32).powf(-0.5);
+    let (q, k, v) = (split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads));
+    let scores = q.matmul(k.swap_dims(2, 3));
+    let scores = match key_padding_mask {
+        Some(mask) => scores + padding_bias(mask, num_heads, nq),
+        None => scores,
+    };
+    let out = fused::softmax(scores, scale).matmul(v);
+    out.swap_dims(1, 2).reshape([b, nq, c])
 }
 
 /// [`attention`] with Burn's fused attention op (every backend, autodiff included).

@@ -188,6 +188,120 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
     Ok(from_vec(data, shape))
 }
 
+/// The kernels of the fused, differentiable ops ([`super::fused`]): float32 flex tensors of any
+/// layout in, new contiguous ones out, in tasks of whole rows (the last dimension) spread over
+/// the cores.
+pub(super) mod kernels {
+    use super::*;
+    use std::borrow::Cow;
+
+    /// The elements of a float32 tensor in row-major order, borrowed when it is contiguous.
+    fn elements(t: &FlexTensor) -> Cow<'_, [f32]> {
+        assert_eq!(t.dtype(), DType::F32, "the fused ops take float32 tensors");
+        match t.as_slice::<f32>() {
+            Some(s) => Cow::Borrowed(s),
+            None => Cow::Owned(values(t.clone())),
+        }
+    }
+
+    fn shaped_like(data: Vec<f32>, like: &FlexTensor) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(data, like.layout().shape().clone()))
+    }
+
+    /// Elements per task for rows of `n`: whole rows, about [`CHUNK`] elements.
+    fn task_len(n: usize) -> usize {
+        n.max(1) * (CHUNK / n.max(1)).max(1)
+    }
+
+    fn last_dim(t: &FlexTensor) -> usize {
+        t.layout().shape().last().copied().unwrap_or(1)
+    }
+
+    pub fn gelu(x: &FlexTensor) -> FlexTensor {
+        let xs = elements(x);
+        let mut y = xs.to_vec();
+        y.par_chunks_mut(CHUNK).for_each(simd::gelu_in_place);
+        shaped_like(y, x)
+    }
+
+    /// `dy (Φ(x) + x φ(x))`.
+    pub fn gelu_backward(x: &FlexTensor, dy: &FlexTensor) -> FlexTensor {
+        let (xs, dys) = (elements(x), elements(dy));
+        let mut dx = vec![0.0f32; xs.len()];
+        dx.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
+            .for_each(|(dx, (x, dy))| simd::gelu_grad((x, dy, dx)));
+        shaped_like(dx, x)
+    }
+
+    /// `softmax(scale x)` over the last dimension.
+    pub fn softmax(x: &FlexTensor, scale: f32) -> FlexTensor {
+        let n = last_dim(x);
+        let mut y = elements(x).to_vec();
+        y.par_chunks_mut(task_len(n)).for_each(|rows| simd::softmax_scaled((rows, n, scale)));
+        shaped_like(y, x)
+    }
+
+    /// `scale y (dy - Σ dy y)` per row.
+    pub fn softmax_backward(y: &FlexTensor, dy: &FlexTensor, scale: f32) -> FlexTensor {
+        let n = last_dim(y);
+        let (ys, dys) = (elements(y), elements(dy));
+        let mut dx = vec![0.0f32; ys.len()];
+        let t = task_len(n);
+        dx.par_chunks_mut(t)
+            .zip(ys.par_chunks(t).zip(dys.par_chunks(t)))
+            .for_each(|(dx, (y, dy))| simd::softmax_grad((y, dy, dx, n, scale)));
+        shaped_like(dx, y)
+    }
+
+    pub fn layer_norm(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, epsilon: f32) -> FlexTensor {
+        let d = last_dim(x);
+        let (xs, g, b) = (elements(x), elements(gamma), elements(beta));
+        let mut y = vec![0.0f32; xs.len()];
+        let t = task_len(d);
+        y.par_chunks_mut(t).zip(xs.par_chunks(t)).for_each(|(y, x)| simd::layer_norm_rows((x, y, &g, &b, epsilon)));
+        shaped_like(y, x)
+    }
+
+    /// The gradients of [`layer_norm`] with respect to `x`, gamma and beta, those that are
+    /// `wanted`: with `x̂ = (x - mean) r`, `r = (var + epsilon)^-1/2` and `g = dy gamma` per row,
+    /// `dx = r (g - mean(g) - x̂ mean(g x̂))`, `dgamma = Σ_rows dy x̂`, `dbeta = Σ_rows dy`.
+    pub fn layer_norm_backward(
+        x: &FlexTensor,
+        gamma: &FlexTensor,
+        dy: &FlexTensor,
+        epsilon: f32,
+        wanted: [bool; 3],
+    ) -> [Option<FlexTensor>; 3] {
+        let d = last_dim(x);
+        let (xs, g, dys) = (elements(x), elements(gamma), elements(dy));
+        let mut dx = vec![0.0f32; if wanted[0] { xs.len() } else { 0 }];
+        let t = task_len(d);
+        let task = |(x, dy, dx): (&[f32], &[f32], &mut [f32])| {
+            let mut sums = vec![0.0f32; 2 * d];
+            simd::layer_norm_grad((x, dy, &g, dx, &mut sums, epsilon));
+            sums
+        };
+        let tasks = xs.par_chunks(t).zip(dys.par_chunks(t));
+        let partial_sums: Vec<Vec<f32>> = if wanted[0] {
+            tasks.zip(dx.par_chunks_mut(t)).map(|((x, dy), dx)| task((x, dy, dx))).collect()
+        } else {
+            tasks.map(|(x, dy)| task((x, dy, &mut []))).collect()
+        };
+        // Rows of dgamma and dbeta summed over the tasks' partial sums, in task order.
+        let mut sums = vec![0.0f32; 2 * d];
+        for partial in &partial_sums {
+            sums.iter_mut().zip(partial).for_each(|(s, p)| *s += p);
+        }
+        let param = |values: &[f32]| FlexTensor::from_data(TensorData::new(values.to_vec(), vec![d]));
+        [
+            wanted[0].then(|| shaped_like(dx, x)),
+            wanted[1].then(|| param(&sums[..d])),
+            wanted[2].then(|| param(&sums[d..])),
+        ]
+    }
+}
+
 /// Convolutions that are sums of matrix products over views of one image (`[C_in, plane]`
 /// flattened): tap `t` multiplies `W[:, :, t]` by the image read from offset `shifts[t]`.
 /// `kernel_size` 1: one tap on the image itself; 3 (stride 1, padding 1): on the image
@@ -685,6 +799,138 @@ mod simd {
                 // computed directly.
                 let one_plus_erf = if z < -1.0 { erfc_positive(-z) } else { 1.0 + erf(z) };
                 *x = 0.5 * *x * one_plus_erf;
+            }
+        }
+    }
+
+    /// Φ(x), the standard normal distribution function, by erf; below x = -√2 by erfc, which
+    /// keeps its digits where `1 + erf` cancels.
+    #[inline(always)]
+    fn normal_cdf(x: f32) -> f32 {
+        let z = x * core::f32::consts::FRAC_1_SQRT_2;
+        0.5 * if z < -1.0 { erfc_positive(-z) } else { 1.0 + erf(z) }
+    }
+
+    multiversion! {
+        /// `dx <- dy (Φ(x) + x φ(x))`, the derivative of `x Φ(x)`, `φ(x) = exp(-x²/2) / √(2π)`.
+        fn gelu_grad(args: (&[f32], &[f32], &mut [f32])) {
+            let (x, dy, dx) = args;
+            const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                let density = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
+                *dx = dy * (normal_cdf(x) + x * density);
+            }
+        }
+    }
+
+    multiversion! {
+        /// Each row of `n` of `rows <- softmax(scale rows)`.
+        fn softmax_scaled(args: (&mut [f32], usize, f32)) {
+            let (rows, n, scale) = args;
+            for row in rows.chunks_exact_mut(n) {
+                row.iter_mut().for_each(|x| *x *= scale);
+                softmax_row(row);
+            }
+        }
+    }
+
+    /// `Σ a b` in sixteen partial sums, so that it vectorises.
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut sums = [0.0f32; 16];
+        let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        for (ca, cb) in ca.zip(cb) {
+            for ((s, x), y) in sums.iter_mut().zip(ca).zip(cb) {
+                *s += x * y;
+            }
+        }
+        sums.iter().sum::<f32>() + tail
+    }
+
+    /// `Σ a` in sixteen partial sums.
+    #[inline(always)]
+    fn sum(a: &[f32]) -> f32 {
+        let mut sums = [0.0f32; 16];
+        let chunks = a.chunks_exact(16);
+        let tail: f32 = chunks.remainder().iter().sum();
+        for chunk in chunks {
+            sums.iter_mut().zip(chunk).for_each(|(s, x)| *s += x);
+        }
+        sums.iter().sum::<f32>() + tail
+    }
+
+    multiversion! {
+        /// Each row of `n` of `dx <- scale y (dy - Σ dy y)`.
+        fn softmax_grad(args: (&[f32], &[f32], &mut [f32], usize, f32)) {
+            let (y, dy, dx, n, scale) = args;
+            for ((y, dy), dx) in y.chunks_exact(n).zip(dy.chunks_exact(n)).zip(dx.chunks_exact_mut(n)) {
+                let inner = dot(y, dy);
+                for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+                    *dx = scale * y * (dy - inner);
+                }
+            }
+        }
+    }
+
+    /// A row's mean and `(var + epsilon)^-1/2`, the variance from the centred values (two
+    /// passes over a row that is in cache).
+    #[inline(always)]
+    fn moments(x: &[f32], epsilon: f32) -> (f32, f32) {
+        let n = x.len() as f32;
+        let mean = sum(x) / n;
+        let mut sums = [0.0f32; 16];
+        let chunks = x.chunks_exact(16);
+        let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+        for chunk in chunks {
+            sums.iter_mut().zip(chunk).for_each(|(s, v)| *s += (v - mean) * (v - mean));
+        }
+        let var = (sums.iter().sum::<f32>() + tail) / n;
+        (mean, 1.0 / (var + epsilon).sqrt())
+    }
+
+    multiversion! {
+        /// Each row of `y <- (x - mean) r gamma + beta`.
+        fn layer_norm_rows(args: (&[f32], &mut [f32], &[f32], &[f32], f32)) {
+            let (x, y, gamma, beta, epsilon) = args;
+            let d = gamma.len();
+            for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+                let (mean, r) = moments(x, epsilon);
+                for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+                    *y = (x - mean) * r * g + b;
+                }
+            }
+        }
+    }
+
+    multiversion! {
+        /// Each row's `dx` (unless `dx` is empty) of layer norm's backward pass, adding
+        /// `dy x̂` to `sums[..d]` and `dy` to `sums[d..]`.
+        fn layer_norm_grad(args: (&[f32], &[f32], &[f32], &mut [f32], &mut [f32], f32)) {
+            let (x, dy, gamma, dx, sums, epsilon) = args;
+            let d = gamma.len();
+            let (dgamma, dbeta) = sums.split_at_mut(d);
+            let mut g = vec![0.0f32; d];
+            for (row, (x, dy)) in x.chunks_exact(d).zip(dy.chunks_exact(d)).enumerate() {
+                let (mean, r) = moments(x, epsilon);
+                let mut g_xhat = 0.0f32;
+                for (((g, &dy), &gamma), (&x, dgamma)) in
+                    g.iter_mut().zip(dy).zip(gamma).zip(x.iter().zip(dgamma.iter_mut()))
+                {
+                    let xhat = (x - mean) * r;
+                    *g = dy * gamma;
+                    g_xhat += *g * xhat;
+                    *dgamma += dy * xhat;
+                }
+                dbeta.iter_mut().zip(dy).for_each(|(s, &dy)| *s += dy);
+                if dx.is_empty() {
+                    continue;
+                }
+                let (mean_g, mean_g_xhat) = (sum(&g) / d as f32, g_xhat / d as f32);
+                let dx = &mut dx[row * d..][..d];
+                for ((dx, &g), &x) in dx.iter_mut().zip(&g).zip(x) {
+                    *dx = r * (g - mean_g - (x - mean) * r * mean_g_xhat);
+                }
             }
         }
     }

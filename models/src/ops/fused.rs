@@ -1,0 +1,177 @@
+//! Fused element-wise ops with hand-written backward passes, as a Burn backend extension: real
+//! ops of the flex backend, inside autodiff (training) and outside it. Each one replaces a chain
+//! of Burn ops that, under autodiff, each make a pass over memory (most of them on one thread)
+//! and keep their own intermediate for the backward pass; here the forward and the backward pass
+//! are one multi-threaded, vectorised pass each, and only what the backward pass needs is kept.
+//!
+//! - [`FusedOps::fused_gelu`]: the erf GELU. Keeps its input; the gradient is
+//!   `dy (Φ(x) + x φ(x))`.
+//! - [`FusedOps::fused_softmax`]: `softmax(scale x)` over the last dimension (attention scores).
+//!   Keeps its output `y`; the gradient is `scale y (dy - Σ dy y)` per row.
+//! - [`FusedOps::fused_layer_norm`]: layer normalisation over the last dimension. Keeps its input
+//!   and recomputes each row's mean and variance in the backward pass (one pass, cheaper than
+//!   storing them as tensors); the gradients are those of the layer norm paper.
+//!
+//! Only float32 flex tensors take these ops ([`applies`]); the callers in [`super`] use Burn's
+//! ops everywhere else.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, backend_extension};
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn_flex::{Flex, FlexTensor};
+
+use super::flex::kernels;
+
+/// The fused ops; implemented for flex and for autodiff over flex.
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedOps: Backend {
+    /// GELU with erf, as `torch.nn.GELU()`.
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `softmax(scale * x)` over the last dimension.
+    fn fused_softmax(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self>;
+    /// `(x - mean) / sqrt(var + epsilon) * gamma + beta` over the last dimension.
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> FloatTensor<Self>;
+}
+
+/// Whether `x` takes the fused ops: a float32 tensor on flex, with or without autodiff.
+pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
+    x.device().inner() == Device::flex() && x.dtype() == DType::F32
+}
+
+/// [`FusedOps::fused_gelu`] on a tensor [`applies`] accepts.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_gelu(x.into_dispatch()))
+}
+
+/// [`FusedOps::fused_softmax`] on a tensor [`applies`] accepts.
+pub fn softmax<const D: usize>(x: Tensor<D>, scale: f32) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax(x.into_dispatch(), scale))
+}
+
+/// [`FusedOps::fused_layer_norm`] on tensors [`applies`] accepts.
+pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1>, epsilon: f32) -> Tensor<D> {
+    let (x, gamma, beta) = (x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch());
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(x, gamma, beta, epsilon))
+}
+
+impl FusedOps for Flex {
+    fn fused_gelu(x: FlexTensor) -> FlexTensor {
+        kernels::gelu(&x)
+    }
+
+    fn fused_softmax(x: FlexTensor, scale: f32) -> FlexTensor {
+        kernels::softmax(&x, scale)
+    }
+
+    fn fused_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f32) -> FlexTensor {
+        kernels::layer_norm(&x, &gamma, &beta, epsilon)
+    }
+}
+
+/// Registers a fused op with one differentiable input, `x`: `forward` computes the output and
+/// the state the backward step `B` keeps, which only runs when a gradient is wanted.
+fn unary_op<C, B, S>(
+    step: B,
+    x: FloatTensor<Autodiff<Flex, C>>,
+    forward: impl FnOnce(&FlexTensor) -> (FlexTensor, S),
+) -> FloatTensor<Autodiff<Flex, C>>
+where
+    C: CheckpointStrategy,
+    B: Backward<Flex, 1, State = S>,
+    S: Clone + Send + std::fmt::Debug + 'static,
+{
+    match step.prepare::<C>([x.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let (y, state) = forward(x.primitive());
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive()).0),
+    }
+}
+
+impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct GeluBackward;
+
+        impl Backward<Flex, 1> for GeluBackward {
+            /// The input.
+            type State = FlexTensor;
+
+            fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let x = ops.state;
+                unary::<Flex, _>(ops.parents, ops.node, grads, |dy| kernels::gelu_backward(&x, &dy));
+            }
+        }
+
+        unary_op::<C, _, _>(GeluBackward, x, |x| (kernels::gelu(x), x.clone()))
+    }
+
+    fn fused_softmax(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SoftmaxBackward;
+
+        impl Backward<Flex, 1> for SoftmaxBackward {
+            /// The output and the scale.
+            type State = (FlexTensor, f32);
+
+            fn backward(self, ops: Ops<(FlexTensor, f32), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let (y, scale) = ops.state;
+                unary::<Flex, _>(ops.parents, ops.node, grads, |dy| kernels::softmax_backward(&y, &dy, scale));
+            }
+        }
+
+        unary_op::<C, _, _>(SoftmaxBackward, x, |x| {
+            let y = kernels::softmax(x, scale);
+            (y.clone(), (y, scale))
+        })
+    }
+
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNormBackward;
+
+        impl Backward<Flex, 3> for LayerNormBackward {
+            /// The input, gamma and epsilon.
+            type State = (FlexTensor, FlexTensor, f32);
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let (x, gamma, epsilon) = ops.state;
+                let dy = grads.consume::<Flex>(&ops.node);
+                let [node_x, node_gamma, node_beta] = ops.parents;
+                let wanted = [node_x.is_some(), node_gamma.is_some(), node_beta.is_some()];
+                let [dx, dgamma, dbeta] = kernels::layer_norm_backward(&x, &gamma, &dy, epsilon, wanted);
+                for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+                    if let (Some(node), Some(grad)) = (node, grad) {
+                        grads.register::<Flex>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        let forward =
+            |x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor| kernels::layer_norm(x, gamma, beta, epsilon);
+        match LayerNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = forward(x.primitive(), gamma.primitive(), beta.primitive());
+                prep.finish((x.primitive().clone(), gamma.primitive().clone(), epsilon), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive(), gamma.primitive(), beta.primitive())),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The fused differentiable ops of `zoo_models::ops::fused` (GELU, scaled softmax, layer norm)
+//! against Burn's own ops on the same inputs, forward values and every gradient, under autodiff
+//! on flex and without it. Sizes span several kernel tasks, and some inputs are transposed views,
+//! so that the strided paths run too.
+
+use burn::nn::LayerNormConfig;
+use burn::prelude::*;
+use burn::tensor::activation;
+use zoo_models::ops::{fused, layer_norm_epsilon};
+
+/// Deterministic values in [-spread, spread].
+fn data(seed: u64, shape: [usize; 3], spread: f32) -> TensorData {
+    let n = shape.iter().product::<usize>();
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * spread
+        })
+        .collect();
+    TensorData::new(values, shape)
+}
+
+fn read<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+}
+
+/// Asserts `|a - b| <= 1e-4 (|b| + mean |b|)` element-wise, and that every value is finite.
+fn assert_close(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let scale = b.iter().map(|v| v.abs()).sum::<f32>() / b.len() as f32;
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(x.is_finite() && y.is_finite(), "{what}[{i}]: {x} vs {y}");
+        assert!((x - y).abs() <= 1e-4 * (y.abs() + scale), "{what}[{i}]: {x} vs {y}");
+    }
+}
+
+/// `y = op(x)` and `dx` of `sum(y * w)` for random `w`, by the fused op and by the reference.
+fn compare_unary(
+    what: &str,
+    x: TensorData,
+    fused: impl Fn(Tensor<3>) -> Tensor<3>,
+    reference: impl Fn(Tensor<3>) -> Tensor<3>,
+    transposed: bool,
+) {
+    let device = Device::flex().autodiff();
+    let run = |op: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+        let leaf = Tensor::<3>::from_data(x.clone(), &device).require_grad();
+        let input = if transposed { leaf.clone().swap_dims(1, 2) } else { leaf.clone() };
+        let y = op(input);
+        let w = Tensor::<3>::from_data(data(99, y.dims(), 1.0), &device);
+        let grads = (y.clone() * w).sum().backward();
+        (read(y), read(leaf.grad(&grads).unwrap()))
+    };
+    let (y, dx) = run(&fused);
+    let (y_ref, dx_ref) = run(&reference);
+    assert_close(&format!("{what} forward"), &y, &y_ref);
+    assert_close(&format!("{what} dx"), &dx, &dx_ref);
+    // Outside autodiff the same op gives the same values.
+    let plain = read(fused(Tensor::<3>::from_data(x.clone(), &Device::flex())));
+    if !transposed {
+        assert_close(&format!("{what} forward without autodiff"), &plain, &y_ref);
+    }
+}
+
+#[test]
+fn gelu_and_its_gradient_match_burns() {
+    for (shape, transposed) in [([2, 3, 5], false), ([4, 96, 200], false), ([3, 40, 70], true)] {
+        compare_unary("gelu", data(1, shape, 6.0), fused::gelu, activation::gelu, transposed);
+    }
+}
+
+#[test]
+fn scaled_softmax_and_its_gradient_match_burns() {
+    for (shape, transposed) in [([2, 3, 5], false), ([6, 197, 197], false), ([3, 40, 70], true)] {
+        compare_unary(
+            "softmax",
+            data(2, shape, 8.0),
+            |x| fused::softmax(x, 0.125),
+            |x| activation::softmax(x * 0.125, 2),
+            transposed,
+        );
+    }
+}
+
+#[test]
+fn layer_norm_and_its_gradients_match_burns() {
+    let device = Device::flex().autodiff();
+    for (shape, transposed) in [([2, 3, 8], false), ([4, 197, 768], false), ([3, 64, 40], true)] {
+        let d = if transposed { shape[1] } else { shape[2] };
+        let run = |use_fused: bool| {
+            let leaf = Tensor::<3>::from_data(data(3, shape, 3.0), &device).require_grad();
+            let x = if transposed { leaf.clone().swap_dims(1, 2) } else { leaf.clone() };
+            let gamma = Tensor::<3>::from_data(data(4, [1, 1, d], 1.5), &device).reshape([d]);
+            let beta = Tensor::<3>::from_data(data(5, [1, 1, d], 1.0), &device).reshape([d]);
+            let (gamma, beta) = (gamma.require_grad(), beta.require_grad());
+            let y = if use_fused {
+                fused::layer_norm(x, gamma.clone(), beta.clone(), 1e-6)
+            } else {
+                let mean = x.clone().mean_dim(2);
+                let centred = x - mean;
+                let var = centred.clone().square().mean_dim(2);
+                centred / (var + 1e-6).sqrt() * gamma.clone().reshape([1, 1, d]) + beta.clone().reshape([1, 1, d])
+            };
+            let w = Tensor::<3>::from_data(data(6, y.dims(), 1.0), &device);
+            let grads = (y.clone() * w).sum().backward();
+            [
+                read(y),
+                read(leaf.grad(&grads).unwrap()),
+                read(gamma.grad(&grads).unwrap()),
+                read(beta.grad(&grads).unwrap()),
+            ]
+        };
+        let (got, want) = (run(true), run(false));
+        for (name, a, b) in
+            ["forward", "dx", "dgamma", "dbeta"].iter().zip(&got).zip(&want).map(|((n, a), b)| (n, a, b))
+        {
+            assert_close(&format!("layer norm {shape:?} {name}"), a, b);
+        }
+    }
+}
+
+#[test]
+fn zoo_layer_norm_takes_the_fused_op_with_the_modules_epsilon() {
+    for epsilon in [1e-6, 1e-5, 1e-12, 0.1] {
+        let norm = LayerNormConfig::new(16).with_epsilon(epsilon).init(&Device::flex());
+        assert_eq!(layer_norm_epsilon(&norm), Some(epsilon));
+    }
+    // Through `ops::layer_norm` under autodiff (the fused op) and Burn's module: same values.
+    let device = Device::flex().autodiff();
+    let norm = LayerNormConfig::new(40).with_epsilon(0.5).init(&device);
+    let x = Tensor::<3>::from_data(data(7, [2, 5, 40], 2.0), &device);
+    let ours = read(zoo_models::ops::layer_norm(&norm, x.clone()));
+    assert_close("ops::layer_norm", &ours, &read(norm.forward(x)));
+}
