@@ -4,13 +4,14 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use serde::Serialize;
 use zoo_models::{Classifier, ModelConfig};
 use zoo_train::ZooConfig;
 use zoo_train::classification::soft_cross_entropy;
 use zoo_train::detr_loss::{DetrTarget, SetCriterion};
+use zoo_train::optimizer::FusedAdamW;
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -74,7 +75,7 @@ pub fn bench(config: &ZooConfig, device: &Device, opts: &BenchOptions) -> Result
                 // backward, AdamW; five boxes per image.
                 let device = device.clone().autodiff();
                 let mut model = c.init(&device);
-                let mut optim = AdamWConfig::new().init();
+                let mut optim = ModuleOptimizer::from(FusedAdamW::new(1e-4, 1e-8));
                 let x = Tensor::<4>::random([b, 3, h, w], dist, &device);
                 let mask = Tensor::<3, Bool>::full([b, h, w], false, &device);
                 let targets: Vec<DetrTarget> = (0..b)
@@ -117,7 +118,7 @@ pub fn bench(config: &ZooConfig, device: &Device, opts: &BenchOptions) -> Result
             let s = if opts.train {
                 let device = device.clone().autodiff();
                 let mut model = Classifier::init(model_config, &device).expect("classifier");
-                let mut optim = AdamWConfig::new().init();
+                let mut optim = ModuleOptimizer::from(FusedAdamW::new(1e-4, 1e-8));
                 let x = Tensor::<4>::random([b, 3, size, size], dist, &device);
                 let labels: Vec<usize> = (0..b).map(|i| i % classes).collect();
                 let targets = Tensor::<2>::from_data(

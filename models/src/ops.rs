@@ -95,10 +95,11 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 /// what `LayerNorm::forward` calls on every backend.
 pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "flex")]
-    if x.device().is_autodiff() && fused::applies(&x) {
-        if let (Some(beta), Some(epsilon)) = (&norm.beta, layer_norm_epsilon(norm)) {
-            return fused::layer_norm(x, norm.gamma.val(), beta.val(), epsilon as f32);
-        }
+    if x.device().is_autodiff()
+        && fused::applies(&x)
+        && let (Some(beta), Some(epsilon)) = (&norm.beta, layer_norm_epsilon(norm))
+    {
+        return fused::layer_norm(x, norm.gamma.val(), beta.val(), epsilon as f32);
     }
     norm.forward(x)
 }
@@ -200,6 +201,41 @@ pub fn max_pool2d(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
         }
     }
     pool.forward(x)
+}
+
+/// The hyper-parameters of one [`adamw_update`]: Burn's and PyTorch's AdamW (decoupled weight
+/// decay, bias-corrected moments, no AMSGrad); `time` counts this step, from 1.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWStep {
+    pub lr: f64,
+    pub beta_1: f32,
+    pub beta_2: f32,
+    pub epsilon: f32,
+    pub weight_decay: f32,
+    pub time: usize,
+}
+
+/// [`adamw_update`]'s tensors: the parameter, its gradient and the first and second moments
+/// (none before the first step).
+pub type AdamWArgs<const D: usize> = (Tensor<D>, Tensor<D>, Option<(Tensor<D>, Tensor<D>)>);
+
+/// One AdamW step of a float32 flex parameter in one multi-threaded pass, with the operations of
+/// Burn's `AdamW` in its order: `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
+/// `p = p (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`. Returns the new
+/// parameter and moments, or hands the tensors back (`Err`) on other backends, where the caller
+/// uses Burn's optimizer.
+#[allow(clippy::result_large_err)]
+pub fn adamw_update<const D: usize>(
+    args: AdamWArgs<D>,
+    step: &AdamWStep,
+) -> Result<(Tensor<D>, Tensor<D>, Tensor<D>), AdamWArgs<D>> {
+    #[cfg(feature = "flex")]
+    return flex::adamw_update(args, step);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = step;
+        Err(args)
+    }
 }
 
 /// [`channel_affine`]'s tensors: `x`, `scale`, `shift` and the residual.

@@ -9,7 +9,7 @@ use burn::tensor::DType;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::{AffineArgs, AttentionArgs};
+use super::{AdamWArgs, AdamWStep, AffineArgs, AttentionArgs};
 
 /// Products with fewer multiply-adds than this run on one thread.
 const THREADED_MACS: usize = 1 << 19;
@@ -254,6 +254,39 @@ pub(super) mod kernels {
         shaped_like(dx, y)
     }
 
+    /// [`super::adamw_update`]'s pass: the new parameter, first and second moments.
+    pub fn adamw(
+        p: &FlexTensor,
+        g: &FlexTensor,
+        moments: Option<(&FlexTensor, &FlexTensor)>,
+        step: &AdamWStep,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (ps, gs) = (elements(p), elements(g));
+        let moments = moments.map(|(m, v)| (elements(m), elements(v)));
+        let n = ps.len();
+        let (mut p_new, mut m_new, mut v_new) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+        let t = step.time as i32;
+        let scalars = simd::AdamW {
+            beta_1: step.beta_1,
+            beta_2: step.beta_2,
+            correction_1: 1.0 - step.beta_1.powi(t),
+            correction_2: 1.0 - step.beta_2.powi(t),
+            epsilon: step.epsilon,
+            decay: (1.0 - step.lr * step.weight_decay as f64) as f32,
+            lr: step.lr as f32,
+        };
+        p_new
+            .par_chunks_mut(CHUNK)
+            .zip(m_new.par_chunks_mut(CHUNK).zip(v_new.par_chunks_mut(CHUNK)))
+            .enumerate()
+            .for_each(|(i, (p_out, (m_out, v_out)))| {
+                let range = i * CHUNK..(i * CHUNK + p_out.len());
+                let old = moments.as_ref().map(|(m, v)| (&m[range.clone()], &v[range.clone()]));
+                simd::adamw((&ps[range.clone()], &gs[range], old, [p_out, m_out, v_out], &scalars));
+            });
+        (p_new, m_new, v_new)
+    }
+
     pub fn layer_norm(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, epsilon: f32) -> FlexTensor {
         let d = last_dim(x);
         let (xs, g, b) = (elements(x), elements(gamma), elements(beta));
@@ -300,6 +333,21 @@ pub(super) mod kernels {
             wanted[2].then(|| param(&sums[d..])),
         ]
     }
+}
+
+pub fn adamw_update<const D: usize>(
+    (param, grad, moments): AdamWArgs<D>,
+    step: &AdamWStep,
+) -> Result<(Tensor<D>, Tensor<D>, Tensor<D>), AdamWArgs<D>> {
+    let moment_prims = moments.as_ref().map(|(m, v)| (float32(m), float32(v)));
+    let (Some(p), Some(g), None | Some((Some(_), Some(_)))) = (float32(&param), float32(&grad), &moment_prims) else {
+        return Err((param, grad, moments));
+    };
+    let shape = param.dims().to_vec();
+    drop((param, grad, moments));
+    let moment_prims = moment_prims.map(|(m, v)| (m.expect("float32"), v.expect("float32")));
+    let (p, m, v) = kernels::adamw(&p, &g, moment_prims.as_ref().map(|(m, v)| (m, v)), step);
+    Ok((from_vec(p, shape.clone()), from_vec(m, shape.clone()), from_vec(v, shape)))
 }
 
 /// Convolutions that are sums of matrix products over views of one image (`[C_in, plane]`
@@ -903,10 +951,13 @@ mod simd {
         }
     }
 
+    /// `x`, `dy`, gamma, `dx`, the sums and epsilon of [`layer_norm_grad`].
+    type LayerNormGradArgs<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a mut [f32], &'a mut [f32], f32);
+
     multiversion! {
         /// Each row's `dx` (unless `dx` is empty) of layer norm's backward pass, adding
         /// `dy x̂` to `sums[..d]` and `dy` to `sums[d..]`.
-        fn layer_norm_grad(args: (&[f32], &[f32], &[f32], &mut [f32], &mut [f32], f32)) {
+        fn layer_norm_grad(args: LayerNormGradArgs<'_>) {
             let (x, dy, gamma, dx, sums, epsilon) = args;
             let d = gamma.len();
             let (dgamma, dbeta) = sums.split_at_mut(d);
@@ -931,6 +982,39 @@ mod simd {
                 for ((dx, &g), &x) in dx.iter_mut().zip(&g).zip(x) {
                     *dx = r * (g - mean_g - (x - mean) * r * mean_g_xhat);
                 }
+            }
+        }
+    }
+
+    /// The scalars of one AdamW step ([`super::kernels::adamw`]).
+    pub struct AdamW {
+        pub beta_1: f32,
+        pub beta_2: f32,
+        pub correction_1: f32,
+        pub correction_2: f32,
+        pub epsilon: f32,
+        pub decay: f32,
+        pub lr: f32,
+    }
+
+    /// The old parameter, gradient and moments (none at the first step), and the new
+    /// parameter and moments.
+    type AdamWSlices<'a> = (&'a [f32], &'a [f32], Option<(&'a [f32], &'a [f32])>, [&'a mut [f32]; 3], &'a AdamW);
+
+    multiversion! {
+        /// One AdamW step, element-wise, with Burn's operations in Burn's order.
+        fn adamw(args: AdamWSlices<'_>) {
+            let (p, g, old, [p_out, m_out, v_out], s) = args;
+            for i in 0..p.len() {
+                let g = g[i];
+                let (m, v) = match old {
+                    Some((m, v)) => (m[i] * s.beta_1 + g * (1.0 - s.beta_1), v[i] * s.beta_2 + g * g * (1.0 - s.beta_2)),
+                    None => (g * (1.0 - s.beta_1), g * g * (1.0 - s.beta_2)),
+                };
+                let delta = (m / s.correction_1) / ((v / s.correction_2).sqrt() + s.epsilon);
+                p_out[i] = p[i] * s.decay - delta * s.lr;
+                m_out[i] = m;
+                v_out[i] = v;
             }
         }
     }
