@@ -152,32 +152,56 @@ fn exact_gelu_backward(device: Device) -> bool {
 }
 
 /// A convolution's forward pass; 3x3 convolutions with stride 1 and padding 1 (ResNet's) run
-/// as matrix products on shifted views of the padded image, without im2col. (1x1 ones stay
-/// with flex, whose single threaded matrix product measured faster on them here.)
+/// as matrix products on shifted views of the padded image, without im2col, strided ones by
+/// im2col in blocks that stay in cache. (1x1 ones stay with flex, whose single threaded matrix
+/// product measured faster on them here.) Under autodiff on flex, bias-free convolutions over
+/// planes of 64 positions and more (ResNet's) are [`fused::conv2d`], whose backward pass is one
+/// large matrix product per block where Burn's weight gradient is many one-column ones.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     #[cfg(feature = "flex")]
     {
         use burn::nn::PaddingConfig2d::Explicit;
-        let plain = conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1;
-        let kernel = match (conv.kernel_size, &conv.padding) {
-            ([3, 3], Explicit(1, 1, 1, 1)) => Some(3),
-            _ => None,
-        };
-        let bias = || conv.bias.as_ref().map(|b| b.val());
-        if let (true, Some(k)) = (plain, kernel) {
-            return flex::conv_taps(x, conv.weight.val(), bias(), k).unwrap_or_else(|x| conv.forward(x));
-        }
-        // Strided convolutions (the stem, the first block of each stage) by blocked im2col.
-        let symmetric = match conv.padding {
+        let padding = match conv.padding {
             Explicit(top, left, bottom, right) if top == bottom && left == right => Some([top, left]),
             _ => None,
         };
-        if let (Some(padding), [1, 1], 1, true) = (symmetric, conv.dilation, conv.groups, conv.stride != [1, 1]) {
-            return flex::conv_unfold(x, conv.weight.val(), bias(), conv.stride, padding)
-                .unwrap_or_else(|x| conv.forward(x));
+        if let (Some(padding), [1, 1], 1) = (padding, conv.dilation, conv.groups) {
+            let bias = conv.bias.as_ref().map(|b| b.val());
+            if !x.device().is_autodiff() {
+                return conv2d_with(x, conv.weight.val(), bias, conv.stride, padding);
+            }
+            let [_, _, h, w] = x.dims();
+            let [kh, kw] = conv.kernel_size;
+            let positions = ((h + 2 * padding[0]).saturating_sub(kh) / conv.stride[0] + 1)
+                * ((w + 2 * padding[1]).saturating_sub(kw) / conv.stride[1] + 1);
+            if bias.is_none() && fused::applies(&x) && positions >= 64 {
+                return fused::conv2d(x, conv.weight.val(), conv.stride, padding);
+            }
         }
     }
     conv.forward(x)
+}
+
+/// [`conv2d`] on plain flex tensors, groups 1 and dilation 1, `padding` on both sides.
+#[cfg(feature = "flex")]
+fn conv2d_with(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Tensor<4> {
+    let [_, _, kh, kw] = weight.dims();
+    let by_burn = |x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>| {
+        let options = burn::tensor::ops::ConvOptions::new(stride, padding, [1, 1], 1);
+        burn::tensor::module::conv2d(x, weight, bias, options)
+    };
+    let result = match (stride, [kh, kw], padding) {
+        ([1, 1], [3, 3], [1, 1]) => flex::conv_taps(x, weight.clone(), bias.clone(), 3),
+        ([1, 1], _, _) => Err(x),
+        _ => flex::conv_unfold(x, weight.clone(), bias.clone(), stride, padding),
+    };
+    result.unwrap_or_else(|x| by_burn(x, weight, bias))
 }
 
 /// A max pooling's forward pass; square windows with symmetric padding (ResNet's 3x3, stride 2,
@@ -254,6 +278,11 @@ pub fn channel_affine(
     #[cfg(feature = "flex")]
     let args = match flex::channel_affine(args, relu) {
         Ok(y) => return y,
+        Err((x, scale, shift, residual))
+            if fused::applies(&x) && !scale.is_require_grad() && !shift.is_require_grad() =>
+        {
+            return fused::channel_affine(x, scale, shift, residual, relu);
+        }
         Err(args) => args,
     };
     let (x, scale, shift, residual) = args;

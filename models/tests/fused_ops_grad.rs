@@ -133,3 +133,79 @@ fn zoo_layer_norm_takes_the_fused_op_with_the_modules_epsilon() {
     let ours = read(zoo_models::ops::layer_norm(&norm, x.clone()));
     assert_close("ops::layer_norm", &ours, &read(norm.forward(x)));
 }
+
+#[test]
+fn channel_affine_and_its_gradients_match_burns() {
+    let device = Device::flex().autodiff();
+    let shape = [2, 5, 9, 11];
+    let four = |seed: u64, spread: f32| {
+        let d = data(seed, [shape[0], shape[1], shape[2] * shape[3]], spread);
+        Tensor::<3>::from_data(d, &device).reshape(shape)
+    };
+    for (with_residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+        let run = |use_fused: bool| {
+            let x = four(8, 2.0).require_grad();
+            let residual = four(9, 1.0).require_grad();
+            let scale = Tensor::<3>::from_data(data(10, [1, 1, 5], 1.5), &device).reshape([5]);
+            let shift = Tensor::<3>::from_data(data(11, [1, 1, 5], 0.5), &device).reshape([5]);
+            let r = with_residual.then(|| residual.clone());
+            let y = if use_fused {
+                zoo_models::ops::channel_affine(x.clone(), scale, shift, r, relu)
+            } else {
+                let y = x.clone() * scale.reshape([1, 5, 1, 1]) + shift.reshape([1, 5, 1, 1]);
+                let y = match r {
+                    Some(r) => y + r,
+                    None => y,
+                };
+                if relu { activation::relu(y) } else { y }
+            };
+            let w = four(12, 1.0);
+            let grads = (y.clone() * w).sum().backward();
+            let dres = if with_residual { read(residual.grad(&grads).unwrap()) } else { Vec::new() };
+            [read(y), read(x.grad(&grads).unwrap()), dres]
+        };
+        let (got, want) = (run(true), run(false));
+        for ((name, a), b) in ["forward", "dx", "dresidual"].iter().zip(&got).zip(&want) {
+            assert_close(&format!("channel affine residual={with_residual} relu={relu} {name}"), a, b);
+        }
+    }
+}
+
+#[test]
+fn conv2d_and_its_gradients_match_burns() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    let device = Device::flex().autodiff();
+    // (batch, channels in, channels out, height, width, kernel, stride, padding): ResNet's
+    // pointwise, 3x3 and strided convolutions and its stem; the last one spans two blocks of the
+    // im2col matrix.
+    let cases = [
+        (2, 6, 5, 9, 11, 1, 1, 0),
+        (2, 6, 5, 9, 11, 1, 2, 0),
+        (2, 4, 3, 10, 9, 3, 1, 1),
+        (2, 4, 3, 10, 9, 3, 2, 1),
+        (1, 3, 4, 20, 18, 7, 2, 3),
+        (1, 64, 8, 50, 40, 3, 1, 1),
+    ];
+    for (b, ci, co, h, w, k, s, p) in cases {
+        let run = |use_fused: bool| {
+            let x =
+                Tensor::<3>::from_data(data(13, [b, ci, h * w], 2.0), &device).reshape([b, ci, h, w]).require_grad();
+            let weight =
+                Tensor::<3>::from_data(data(14, [co, ci, k * k], 0.5), &device).reshape([co, ci, k, k]).require_grad();
+            let y = if use_fused {
+                fused::conv2d(x.clone(), weight.clone(), [s, s], [p, p])
+            } else {
+                conv2d(x.clone(), weight.clone(), None, ConvOptions::new([s, s], [p, p], [1, 1], 1))
+            };
+            let [_, _, oh, ow] = y.dims();
+            let w_out = Tensor::<3>::from_data(data(15, [b, co, oh * ow], 1.0), &device).reshape([b, co, oh, ow]);
+            let grads = (y.clone() * w_out).sum().backward();
+            [read(y), read(x.grad(&grads).unwrap()), read(weight.grad(&grads).unwrap())]
+        };
+        let (got, want) = (run(true), run(false));
+        for ((name, a), b) in ["forward", "dx", "dweight"].iter().zip(&got).zip(&want) {
+            assert_close(&format!("conv {k}x{k} stride {s} padding {p}, {ci}->{co} {h}x{w}: {name}"), a, b);
+        }
+    }
+}

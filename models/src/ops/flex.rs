@@ -217,11 +217,18 @@ pub(super) mod kernels {
         t.layout().shape().last().copied().unwrap_or(1)
     }
 
+    /// A copy of `x`'s elements in tasks of `len`, each then handed to `f` while in cache.
+    fn map_copy(x: &[f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let mut y = vec![0.0f32; x.len()];
+        y.par_chunks_mut(len).zip(x.par_chunks(len)).enumerate().for_each(|(i, (y, x))| {
+            y.copy_from_slice(x);
+            f(i, y)
+        });
+        y
+    }
+
     pub fn gelu(x: &FlexTensor) -> FlexTensor {
-        let xs = elements(x);
-        let mut y = xs.to_vec();
-        y.par_chunks_mut(CHUNK).for_each(simd::gelu_in_place);
-        shaped_like(y, x)
+        shaped_like(map_copy(&elements(x), CHUNK, |_, y| simd::gelu_in_place(y)), x)
     }
 
     /// `dy (Φ(x) + x φ(x))`.
@@ -237,9 +244,7 @@ pub(super) mod kernels {
     /// `softmax(scale x)` over the last dimension.
     pub fn softmax(x: &FlexTensor, scale: f32) -> FlexTensor {
         let n = last_dim(x);
-        let mut y = elements(x).to_vec();
-        y.par_chunks_mut(task_len(n)).for_each(|rows| simd::softmax_scaled((rows, n, scale)));
-        shaped_like(y, x)
+        shaped_like(map_copy(&elements(x), task_len(n), |_, rows| simd::softmax_scaled((rows, n, scale))), x)
     }
 
     /// `scale y (dy - Σ dy y)` per row.
@@ -252,6 +257,151 @@ pub(super) mod kernels {
             .zip(ys.par_chunks(t).zip(dys.par_chunks(t)))
             .for_each(|(dx, (y, dy))| simd::softmax_grad((y, dy, dx, n, scale)));
         shaped_like(dx, y)
+    }
+
+    /// `relu?(x scale[c] + shift[c] (+ residual))` per channel `c` of `x` `[B, C, H, W]`.
+    pub fn channel_affine(
+        x: &FlexTensor,
+        scale: &FlexTensor,
+        shift: &FlexTensor,
+        residual: Option<&FlexTensor>,
+        relu: bool,
+    ) -> FlexTensor {
+        let dims = x.layout().shape();
+        let (c, plane) = (dims[1], dims[2] * dims[3]);
+        let (scale, shift) = (elements(scale), elements(shift));
+        let residual = residual.map(elements);
+        let y = map_copy(&elements(x), plane, |i, y| {
+            let (a, b) = (scale[i % c], shift[i % c]);
+            match &residual {
+                Some(r) => simd::affine_residual((y, &r[i * plane..][..plane], a, b, relu)),
+                None => simd::affine((y, a, b, relu)),
+            }
+        });
+        shaped_like(y, x)
+    }
+
+    /// The gradients of [`channel_affine`] for `x` and the residual: `g = dy` where the
+    /// output `y` is positive (everywhere without ReLU, `y` then `None`), `dx = g scale[c]`,
+    /// `dresidual = g`.
+    pub fn channel_affine_backward(
+        y: Option<&FlexTensor>,
+        dy: &FlexTensor,
+        scale: &FlexTensor,
+        want_residual: bool,
+    ) -> (FlexTensor, Option<FlexTensor>) {
+        let dims = dy.layout().shape();
+        let (c, plane) = (dims[1], dims[2] * dims[3]);
+        let scale = elements(scale);
+        let y = y.map(elements);
+        let mut g = elements(dy).into_owned();
+        if let Some(y) = &y {
+            g.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).for_each(|(g, y)| simd::relu_mask((g, y)));
+        }
+        let dx = map_copy(&g, plane, |i, dx| simd::affine((dx, scale[i % c], 0.0, false)));
+        let dres = want_residual.then(|| shaped_like(g, dy));
+        (shaped_like(dx, dy), dres)
+    }
+
+    /// The forward pass of [`super::super::fused::FusedOps::fused_conv2d`]: the inference
+    /// kernels of [`super::super::conv2d`] (no bias).
+    pub fn conv2d(x: &FlexTensor, weight: &FlexTensor, stride: [usize; 2], padding: [usize; 2]) -> FlexTensor {
+        let (x, weight) = (tensor::<4>(x.clone()), tensor::<4>(weight.clone()));
+        super::super::conv2d_with(x, weight, None, stride, padding).try_into_primitive::<Flex>().expect("a flex tensor")
+    }
+
+    /// Output columns per block of [`conv2d_backward`]'s im2col matrix: about 4 MiB of it.
+    const CONV_BLOCK_FLOATS: usize = 1 << 20;
+
+    /// The gradients of a convolution (no bias, groups 1, dilation 1) with respect to its input
+    /// and its weight, those that are `wanted`. Per image and block of output rows, with `cols`
+    /// the block's im2col matrix (`ci kh kw` x positions) and `dY` the block of the output
+    /// gradient (`co` x positions): `dW += dY cols^T` and `dcols = W^T dY`, folded back onto
+    /// the input. One large matrix product per block, threaded inside, where Burn's weight
+    /// gradient is a convolution whose kernel is the output gradient (products one column wide).
+    pub fn conv2d_backward(
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        dy: &FlexTensor,
+        stride: [usize; 2],
+        padding: [usize; 2],
+        [want_x, want_weight]: [bool; 2],
+    ) -> [Option<FlexTensor>; 2] {
+        let &[b, ci, h, w] = x.layout().shape().as_slice() else { unreachable!("a 4-d input") };
+        let &[co, _, kh, kw] = weight.layout().shape().as_slice() else { unreachable!("a 4-d weight") };
+        let g = ConvGeometry::new([h, w], [kh, kw], stride, padding);
+        let (xs, ws, dys) = (elements(x), elements(weight), elements(dy));
+        let (kdim, positions) = (ci * kh * kw, g.oh * g.ow);
+        let rows_per_block = if g.is_pointwise() { g.oh } else { (CONV_BLOCK_FLOATS / (kdim * g.ow)).max(1) };
+        let mut dx = vec![0.0f32; if want_x { xs.len() } else { 0 }];
+        let mut dw = vec![0.0f32; if want_weight { ws.len() } else { 0 }];
+        let mut cols = Vec::new();
+        let mut dcols = Vec::new();
+        let threaded = gemm::Parallelism::Rayon(0);
+        for image in 0..b {
+            let plane_in = &xs[image * ci * h * w..][..ci * h * w];
+            let grad_out = &dys[image * co * positions..][..co * positions];
+            for oy0 in (0..g.oh).step_by(rows_per_block) {
+                let rows = oy0..(oy0 + rows_per_block).min(g.oh);
+                let n = rows.len() * g.ow;
+                let dy_block = view(grad_out[oy0 * g.ow..].as_ptr(), positions, 1);
+                if want_weight {
+                    // cols^T, n x kdim: the input itself when the convolution is pointwise.
+                    let cols_t = if g.is_pointwise() {
+                        view(plane_in.as_ptr(), 1, h * w)
+                    } else {
+                        cols.resize(kdim * n, 0.0);
+                        cols.par_chunks_mut(kh * kw * n)
+                            .zip(plane_in.par_chunks(h * w))
+                            .for_each(|(cols, plane)| g.unfold(plane, rows.clone(), cols));
+                        view(cols.as_ptr(), 1, n)
+                    };
+                    let accumulate = image > 0 || oy0 > 0;
+                    // SAFETY: dW is co x kdim, dY's block co x n (row stride `positions`),
+                    // cols^T n x kdim, all live; dW overlaps neither.
+                    unsafe {
+                        matmul(
+                            [co, kdim, n],
+                            view(dw.as_mut_ptr(), kdim, 1),
+                            accumulate,
+                            dy_block,
+                            cols_t,
+                            1.0,
+                            threaded,
+                        )
+                    };
+                }
+                if want_x {
+                    let w_t = view(ws.as_ptr(), 1, kdim);
+                    let plane_grad = &mut dx[image * ci * h * w..][..ci * h * w];
+                    if g.is_pointwise() {
+                        // SAFETY: dX's plane is ci x positions, W^T ci x co, dY co x positions.
+                        unsafe {
+                            matmul(
+                                [ci, n, co],
+                                view(plane_grad.as_mut_ptr(), n, 1),
+                                false,
+                                w_t,
+                                dy_block,
+                                1.0,
+                                threaded,
+                            )
+                        };
+                        continue;
+                    }
+                    dcols.resize(kdim * n, 0.0);
+                    // SAFETY: dcols is kdim x n, W^T kdim x co, dY's block co x n.
+                    unsafe {
+                        matmul([kdim, n, co], view(dcols.as_mut_ptr(), n, 1), false, w_t, dy_block, 1.0, threaded)
+                    };
+                    plane_grad
+                        .par_chunks_mut(h * w)
+                        .zip(dcols.par_chunks(kh * kw * n))
+                        .for_each(|(plane, dcols)| g.fold(dcols, rows.clone(), plane));
+                }
+            }
+        }
+        [want_x.then(|| shaped_like(dx, x)), want_weight.then(|| shaped_like(dw, weight))]
     }
 
     /// [`super::adamw_update`]'s pass: the new parameter, first and second moments.
@@ -437,6 +587,78 @@ pub fn conv_taps(
 /// Any convolution with one group and no dilation (here: ResNet's strided ones and its 7x7
 /// stem) by im2col in blocks of output rows: a task unfolds the input windows of its rows
 /// into a `[C_in kh kw, rows W_out]` matrix that stays in cache and multiplies `W` by it.
+/// The sizes of a convolution of one image plane: input `h x w`, kernel `kh x kw`, stride,
+/// zero padding on both sides, output `oh x ow`; and the im2col layout of its patches: for each
+/// kernel tap `(ki, kj)` one row over the output positions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvGeometry {
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl ConvGeometry {
+    fn new([h, w]: [usize; 2], [kh, kw]: [usize; 2], [sh, sw]: [usize; 2], [ph, pw]: [usize; 2]) -> Self {
+        let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
+        Self { h, w, kh, kw, sh, sw, ph, pw, oh, ow }
+    }
+
+    /// For each tap `(ki, kj)` and output row in `rows`: the input row, and the output columns
+    /// whose input column `ox sw + kj - pw` lies inside the image; `visit(tap, row offset in
+    /// the block, input row offset, columns)` for each that does.
+    fn taps(&self, rows: std::ops::Range<usize>, mut visit: impl FnMut(usize, usize, usize, std::ops::Range<usize>)) {
+        let Self { h, w, kh, kw, sh, sw, ph, pw, ow, .. } = *self;
+        for t in 0..kh * kw {
+            let (ki, kj) = (t / kw, t % kw);
+            let lo = (pw.saturating_sub(kj)).div_ceil(sw);
+            let hi = ((w + pw).saturating_sub(kj)).div_ceil(sw).min(ow);
+            for (dy, oy) in rows.clone().enumerate() {
+                let iy = oy * sh + ki;
+                if iy >= ph && iy < h + ph && lo < hi {
+                    visit(t, dy * ow, (iy - ph) * w, lo..hi);
+                }
+            }
+        }
+    }
+
+    /// `cols` (`kh kw` rows of `rows.len() ow`) <- the patches of one input plane for the output
+    /// rows `rows`, zero where they fall on the padding.
+    fn unfold(&self, plane: &[f32], rows: std::ops::Range<usize>, cols: &mut [f32]) {
+        let (n, (sw, kw, pw)) = (rows.len() * self.ow, (self.sw, self.kw, self.pw));
+        cols.fill(0.0);
+        self.taps(rows, |t, out, row, columns| {
+            let (src, dst) = (&plane[row..][..self.w], &mut cols[t * n + out..]);
+            for ox in columns {
+                dst[ox] = src[ox * sw + t % kw - pw];
+            }
+        });
+    }
+
+    /// The adjoint of [`ConvGeometry::unfold`]: adds each patch element of `cols` to the input
+    /// position it came from in `plane`.
+    fn fold(&self, cols: &[f32], rows: std::ops::Range<usize>, plane: &mut [f32]) {
+        let (n, (sw, kw, pw)) = (rows.len() * self.ow, (self.sw, self.kw, self.pw));
+        self.taps(rows, |t, out, row, columns| {
+            let (src, dst) = (&cols[t * n + out..], &mut plane[row..][..self.w]);
+            for ox in columns {
+                dst[ox * sw + t % kw - pw] += src[ox];
+            }
+        });
+    }
+
+    /// Whether the patches are the plane itself (1x1, stride 1, no padding): no im2col needed.
+    fn is_pointwise(&self) -> bool {
+        (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
+    }
+}
+
 pub fn conv_unfold(
     x: Tensor<4>,
     weight: Tensor<4>,
@@ -451,8 +673,8 @@ pub fn conv_unfold(
     let [b, ci, h, w] = x.dims();
     let [co, _, kh, kw] = weight.dims();
     drop(x);
-    let ([sh, sw], [ph, pw]) = (stride, padding);
-    let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
+    let geometry = ConvGeometry::new([h, w], [kh, kw], stride, padding);
+    let (oh, ow) = (geometry.oh, geometry.ow);
     let xt = xt.to_contiguous();
     let xs = &xt.storage::<f32>()[xt.layout().start_offset()..];
     let wt = wt.to_contiguous();
@@ -471,24 +693,9 @@ pub fn conv_unfold(
             let oy0 = block * rows_per_block;
             let rows = rows_per_block.min(oh - oy0);
             let n = rows * ow;
-            cols.clear();
             cols.resize(kdim * n, 0.0);
-            for (r, col) in cols.chunks_exact_mut(n).enumerate() {
-                let (c, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
-                // Output columns whose input column ox*sw + kj - pw is inside the image.
-                let lo = (pw.saturating_sub(kj)).div_ceil(sw);
-                let hi = ((w + pw).saturating_sub(kj)).div_ceil(sw).min(ow);
-                for dy in 0..rows {
-                    let iy = (oy0 + dy) * sh + ki;
-                    if iy < ph || iy >= h + ph || lo >= hi {
-                        continue;
-                    }
-                    let src = &image[c * h * w + (iy - ph) * w..][..w];
-                    let dst = &mut col[dy * ow..][..ow];
-                    for ox in lo..hi {
-                        dst[ox] = src[ox * sw + kj - pw];
-                    }
-                }
+            for (plane, cols) in image.chunks_exact(h * w).zip(cols.chunks_exact_mut(kh * kw * n)) {
+                geometry.unfold(plane, oy0..oy0 + rows, cols);
             }
             // SAFETY: dst is columns oy0*ow.. (rows*ow of them) of the co x (oh*ow) output,
             // this task's alone; lhs is W as [co, kdim]; rhs is the kdim x n block.
@@ -1016,6 +1223,14 @@ mod simd {
                 m_out[i] = m;
                 v_out[i] = v;
             }
+        }
+    }
+
+    multiversion! {
+        /// `g <- 0` where `y <= 0`.
+        fn relu_mask(args: (&mut [f32], &[f32])) {
+            let (g, y) = args;
+            g.iter_mut().zip(y).for_each(|(g, &y)| *g = if y > 0.0 { *g } else { 0.0 });
         }
     }
 

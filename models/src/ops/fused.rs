@@ -11,6 +11,11 @@
 //! - [`FusedOps::fused_layer_norm`]: layer normalisation over the last dimension. Keeps its input
 //!   and recomputes each row's mean and variance in the backward pass (one pass, cheaper than
 //!   storing them as tensors); the gradients are those of the layer norm paper.
+//! - [`FusedOps::fused_conv2d`]: a convolution without bias, forward by the inference kernels;
+//!   backward as one large matrix product per block of the im2col matrix for each gradient.
+//! - [`FusedOps::fused_channel_affine`]: ResNet's frozen batch norm, residual sum and ReLU. Keeps
+//!   the output (the ReLU's mask) and the scale; the gradient is `dy scale[c]` where the output
+//!   is positive, and `dy` there for the residual.
 //!
 //! Only float32 flex tensors take these ops ([`applies`]); the callers in [`super`] use Burn's
 //! ops everywhere else.
@@ -41,6 +46,30 @@ pub trait FusedOps: Backend {
         beta: FloatTensor<Self>,
         epsilon: f32,
     ) -> FloatTensor<Self>;
+    /// `relu?(x * scale[c] + shift[c])` per channel `c` of `x` `[B, C, H, W]`; `scale` and
+    /// `shift` are constants (a frozen batch norm): no gradient reaches them.
+    fn fused_channel_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+    /// A convolution without bias (groups 1, dilation 1), `padding` zeros on both sides of
+    /// each dimension.
+    fn fused_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self>;
+    /// [`FusedOps::fused_channel_affine`] with `residual` added before the activation.
+    fn fused_channel_affine_residual(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self>;
 }
 
 /// Whether `x` takes the fused ops: a float32 tensor on flex, with or without autodiff.
@@ -64,6 +93,32 @@ pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(x, gamma, beta, epsilon))
 }
 
+/// [`FusedOps::fused_channel_affine`] (or its residual form) on tensors [`applies`] accepts;
+/// `scale` and `shift` must not require gradients.
+pub fn channel_affine(
+    x: Tensor<4>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+    residual: Option<Tensor<4>>,
+    relu: bool,
+) -> Tensor<4> {
+    let (x, scale, shift) = (x.into_dispatch(), scale.into_dispatch(), shift.into_dispatch());
+    Tensor::from_dispatch(match residual {
+        Some(r) => <Dispatch as FusedOps>::fused_channel_affine_residual(x, scale, shift, r.into_dispatch(), relu),
+        None => <Dispatch as FusedOps>::fused_channel_affine(x, scale, shift, relu),
+    })
+}
+
+/// [`FusedOps::fused_conv2d`] on tensors [`applies`] accepts.
+pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: [usize; 2], padding: [usize; 2]) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_conv2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        stride,
+        padding,
+    ))
+}
+
 impl FusedOps for Flex {
     fn fused_gelu(x: FlexTensor) -> FlexTensor {
         kernels::gelu(&x)
@@ -75,6 +130,48 @@ impl FusedOps for Flex {
 
     fn fused_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f32) -> FlexTensor {
         kernels::layer_norm(&x, &gamma, &beta, epsilon)
+    }
+
+    fn fused_conv2d(x: FlexTensor, weight: FlexTensor, stride: [usize; 2], padding: [usize; 2]) -> FlexTensor {
+        kernels::conv2d(&x, &weight, stride, padding)
+    }
+
+    fn fused_channel_affine(x: FlexTensor, scale: FlexTensor, shift: FlexTensor, relu: bool) -> FlexTensor {
+        kernels::channel_affine(&x, &scale, &shift, None, relu)
+    }
+
+    fn fused_channel_affine_residual(
+        x: FlexTensor,
+        scale: FlexTensor,
+        shift: FlexTensor,
+        residual: FlexTensor,
+        relu: bool,
+    ) -> FlexTensor {
+        kernels::channel_affine(&x, &scale, &shift, Some(&residual), relu)
+    }
+}
+
+/// What [`FusedOps::fused_channel_affine`]'s backward pass keeps: the output where there is a
+/// ReLU (its sign is the mask), and the scale.
+type ChannelAffineState = (Option<FlexTensor>, FlexTensor);
+
+#[derive(Debug)]
+struct ChannelAffineBackward;
+
+impl<const N: usize> Backward<Flex, N> for ChannelAffineBackward {
+    type State = ChannelAffineState;
+
+    fn backward(self, ops: Ops<ChannelAffineState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (y, scale) = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let residual_node = ops.parents.get(1).cloned().flatten();
+        let (dx, dresidual) = kernels::channel_affine_backward(y.as_ref(), &dy, &scale, residual_node.is_some());
+        if let Some(node) = &ops.parents[0] {
+            grads.register::<Flex>(node.id, dx);
+        }
+        if let (Some(node), Some(grad)) = (residual_node, dresidual) {
+            grads.register::<Flex>(node.id, grad);
+        }
     }
 }
 
@@ -172,6 +269,70 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 prep.finish((x.primitive().clone(), gamma.primitive().clone(), epsilon), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive(), gamma.primitive(), beta.primitive())),
+        }
+    }
+
+    fn fused_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Conv2dBackward;
+
+        impl Backward<Flex, 2> for Conv2dBackward {
+            /// The input, the weight, the stride and the padding.
+            type State = (FlexTensor, FlexTensor, [usize; 2], [usize; 2]);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let (x, weight, stride, padding) = ops.state;
+                let dy = grads.consume::<Flex>(&ops.node);
+                let [node_x, node_weight] = ops.parents;
+                let wanted = [node_x.is_some(), node_weight.is_some()];
+                let [dx, dweight] = kernels::conv2d_backward(&x, &weight, &dy, stride, padding, wanted);
+                for (node, grad) in [(node_x, dx), (node_weight, dweight)] {
+                    if let (Some(node), Some(grad)) = (node, grad) {
+                        grads.register::<Flex>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        let y = kernels::conv2d(x.primitive(), weight.primitive(), stride, padding);
+        match Conv2dBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                prep.finish((x.primitive().clone(), weight.primitive().clone(), stride, padding), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn fused_channel_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let y = kernels::channel_affine(x.primitive(), scale.primitive(), shift.primitive(), None, relu);
+        match ChannelAffineBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((relu.then(|| y.clone()), scale.primitive().clone()), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn fused_channel_affine_residual(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let (xp, rp) = (x.primitive(), residual.primitive());
+        let y = kernels::channel_affine(xp, scale.primitive(), shift.primitive(), Some(rp), relu);
+        match ChannelAffineBackward.prepare::<C>([x.node(), residual.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((relu.then(|| y.clone()), scale.primitive().clone()), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 }
