@@ -312,15 +312,17 @@ pub fn attention(
     #[cfg(feature = "flex")]
     let args = match flex::attention(args, num_heads) {
         Ok(y) => return y,
+        Err((q, k, v, None)) if fused::applies(&q) => return fused::attention(q, k, v, num_heads),
         Err(args) if fused::applies(&args.0) => return attention_with_fused_softmax(args, num_heads),
         Err(args) => args,
     };
     attention_by_ops(args, num_heads)
 }
 
-/// [`attention`] as two matrix products around [`fused::softmax`] (which scales the scores):
-/// under autodiff on flex, where Burn's attention op falls back to one op per step of the
-/// softmax, each with its own backward pass.
+/// [`attention`] with a key padding mask as two matrix products around [`fused::softmax`]
+/// (which scales the scores): under autodiff on flex, where Burn's attention op falls back to
+/// one op per step of the softmax, each with its own backward pass. (Without a mask, training
+/// takes [`fused::attention`].)
 #[cfg(feature = "flex")]
 fn attention_with_fused_softmax((q, k, v, key_padding_mask): AttentionArgs, num_heads: usize) -> Tensor<3> {
     let [b, nq, c] = q.dims();

@@ -404,6 +404,67 @@ pub(super) mod kernels {
         [want_x.then(|| shaped_like(dx, x)), want_weight.then(|| shaped_like(dw, weight))]
     }
 
+    /// The forward pass of [`super::super::fused::FusedOps::fused_attention`]: the inference kernel.
+    pub fn attention(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, num_heads: usize) -> FlexTensor {
+        let args = (tensor::<3>(q.clone()), tensor::<3>(k.clone()), tensor::<3>(v.clone()), None);
+        let out = super::attention(args, num_heads).unwrap_or_else(|_| unreachable!("float32 flex tensors"));
+        out.try_into_primitive::<Flex>().expect("a flex tensor")
+    }
+
+    /// The gradients of [`attention`] with respect to `q`, `k` and `v` (`[B, N, C]` each), from
+    /// the output's `dout`: [`Head::backward`] for each (batch element, head) as one task.
+    pub fn attention_backward(
+        q: &FlexTensor,
+        k: &FlexTensor,
+        v: &FlexTensor,
+        dout: &FlexTensor,
+        num_heads: usize,
+    ) -> [FlexTensor; 3] {
+        let &[b, nq, c] = q.layout().shape().as_slice() else { unreachable!("a 3-d query") };
+        let nk = k.layout().shape()[1];
+        let d = c / num_heads;
+        let (qt, [q_bs, q_rs, _]) = strided::<3>(q.clone());
+        let (kt, [k_bs, k_rs, _]) = strided::<3>(k.clone());
+        let (vt, [v_bs, v_rs, _]) = strided::<3>(v.clone());
+        let (dt, [do_bs, do_rs, _]) = strided::<3>(dout.clone());
+        fn slice(t: &FlexTensor) -> &[f32] {
+            &t.storage::<f32>()[t.layout().start_offset()..]
+        }
+        let (qs, ks, vs, dos) = (slice(&qt), slice(&kt), slice(&vt), slice(&dt));
+        let scale = (d as f32).powf(-0.5);
+        let (mut dq, mut dk, mut dv) = (vec![0.0f32; b * nq * c], vec![0.0f32; b * nk * c], vec![0.0f32; b * nk * c]);
+        let (dq_ptr, dk_ptr, dv_ptr) =
+            (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
+        (0..b * num_heads).into_par_iter().with_min_len(8).for_each_init(Vec::new, |scratch, task| {
+            let (bi, h) = (task / num_heads, task % num_heads);
+            let head = Head {
+                q: &qs[bi * q_bs + h * d..],
+                k: &ks[bi * k_bs + h * d..],
+                v: &vs[bi * v_bs + h * d..],
+                q_rs,
+                k_rs,
+                v_rs,
+                nq,
+                nk,
+                d,
+                scale,
+                masked: None,
+            };
+            // SAFETY: task (bi, h) writes only columns h*d..(h+1)*d of batch element bi's rows
+            // of each gradient.
+            unsafe {
+                let out = |ptr: SharedMut, n: usize| (ptr.at(bi * n * c + h * d), c);
+                let (do_, outs) = (&dos[bi * do_bs + h * d..], [out(dq_ptr, nq), out(dk_ptr, nk), out(dv_ptr, nk)]);
+                if d <= SMALL_HEAD {
+                    simd::attend_backward_direct((&head, do_, do_rs, outs, scratch));
+                } else {
+                    head.backward(do_, do_rs, outs, scratch);
+                }
+            }
+        });
+        [shaped_like(dq, q), shaped_like(dk, k), shaped_like(dv, v)]
+    }
+
     /// [`super::adamw_update`]'s pass: the new parameter, first and second moments.
     pub fn adamw(
         p: &FlexTensor,
@@ -937,6 +998,141 @@ impl Head<'_> {
         }
     }
 
+    /// [`Head::backward`] for narrow heads by direct loops (inlined into
+    /// [`simd::attend_backward_direct`]): keys and values transposed first, so that every inner
+    /// loop runs along the keys.
+    ///
+    /// # Safety
+    /// As [`Head::backward`].
+    #[inline(always)]
+    unsafe fn backward_direct(&self, do_: &[f32], do_rs: usize, outs: [(*mut f32, usize); 3], scratch: &mut Vec<f32>) {
+        let (nq, nk, d) = (self.nq, self.nk, self.d);
+        scratch.clear();
+        scratch.resize(4 * d * nk + 2 * nq * nk, 0.0);
+        let (kt, rest) = scratch.split_at_mut(d * nk);
+        let (vt, rest) = rest.split_at_mut(d * nk);
+        let (dkt, rest) = rest.split_at_mut(d * nk);
+        let (dvt, rest) = rest.split_at_mut(d * nk);
+        let (p, dp) = rest.split_at_mut(nq * nk);
+        for j in 0..nk {
+            for t in 0..d {
+                kt[t * nk + j] = self.k[j * self.k_rs + t];
+                vt[t * nk + j] = self.v[j * self.v_rs + t];
+            }
+        }
+        // P = softmax(scale Q Kᵀ), dP = dO Vᵀ, row by row.
+        for i in 0..nq {
+            let (p_row, dp_row) = (&mut p[i * nk..][..nk], &mut dp[i * nk..][..nk]);
+            for t in 0..d {
+                let (qit, doit) = (self.q[i * self.q_rs + t] * self.scale, do_[i * do_rs + t]);
+                for ((s, g), (&k, &v)) in
+                    p_row.iter_mut().zip(dp_row.iter_mut()).zip(kt[t * nk..][..nk].iter().zip(&vt[t * nk..][..nk]))
+                {
+                    *s += qit * k;
+                    *g += doit * v;
+                }
+            }
+            self.mask(p_row);
+            simd::softmax_row(p_row);
+        }
+        // dVᵀ[t] = Σ_i dO[i, t] P[i], then dS = P ⊙ (dP - Σ dP P) in dp.
+        for i in 0..nq {
+            let p_row = &p[i * nk..][..nk];
+            for t in 0..d {
+                let doit = do_[i * do_rs + t];
+                dvt[t * nk..][..nk].iter_mut().zip(p_row).for_each(|(acc, &p)| *acc += doit * p);
+            }
+        }
+        simd::softmax_grad_rows(p, dp, nk);
+        // dKᵀ[t] = scale Σ_i Q[i, t] dS[i]; dQ[i, t] = scale dS[i] · Kᵀ[t].
+        let [(dq, dq_rs), (dk, dk_rs), (dv, dv_rs)] = outs;
+        for i in 0..nq {
+            let ds_row = &dp[i * nk..][..nk];
+            for t in 0..d {
+                let qit = self.q[i * self.q_rs + t] * self.scale;
+                dkt[t * nk..][..nk].iter_mut().zip(ds_row).for_each(|(acc, &g)| *acc += qit * g);
+                // SAFETY: row i of this head's dQ block (see `attention_backward`).
+                unsafe { *dq.add(i * dq_rs + t) = self.scale * simd::dot(ds_row, &kt[t * nk..][..nk]) };
+            }
+        }
+        for j in 0..nk {
+            for t in 0..d {
+                // SAFETY: row j of this head's dK and dV blocks.
+                unsafe {
+                    *dk.add(j * dk_rs + t) = dkt[t * nk + j];
+                    *dv.add(j * dv_rs + t) = dvt[t * nk + j];
+                }
+            }
+        }
+    }
+
+    /// The gradients of this head's attention with respect to its queries, keys and values,
+    /// from the output's `do_` (row stride `do_rs`), written to rows `dq_rs`, `dk_rs`, `dv_rs`
+    /// apart. With `P = softmax(S)`, `S = scale Q Kᵀ` recomputed (not kept from the forward
+    /// pass): `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP - Σ_j P dP)` per row, `dQ = scale dS K`,
+    /// `dK = scale dSᵀ Q`; six matrix products.
+    ///
+    /// # Safety
+    /// The gradient pointers must have room for this head's `nq` (`dq`) and `nk` rows of `d`.
+    unsafe fn backward(&self, do_: &[f32], do_rs: usize, [dq, dk, dv]: [(*mut f32, usize); 3], scratch: &mut Vec<f32>) {
+        let (nq, nk, d) = (self.nq, self.nk, self.d);
+        scratch.clear();
+        scratch.resize(2 * nq * nk, 0.0);
+        let (p, dp) = scratch.split_at_mut(nq * nk);
+        let none = gemm::Parallelism::None;
+        // SAFETY (every product): the views describe this head's slices, the scratch buffers
+        // and the caller's gradient rows, which overlap none of the others.
+        unsafe {
+            matmul(
+                [nq, nk, d],
+                view(p.as_mut_ptr(), nk, 1),
+                false,
+                view(self.q.as_ptr(), self.q_rs, 1),
+                view(self.k.as_ptr(), 1, self.k_rs),
+                self.scale,
+                none,
+            );
+        }
+        for row in p.chunks_exact_mut(nk) {
+            self.mask(row);
+            simd::softmax_in_place(row);
+        }
+        let do_view = view(do_.as_ptr(), do_rs, 1);
+        unsafe {
+            matmul([nk, d, nq], view(dv.0, dv.1, 1), false, view(p.as_ptr(), 1, nk), do_view, 1.0, none);
+            matmul(
+                [nq, nk, d],
+                view(dp.as_mut_ptr(), nk, 1),
+                false,
+                do_view,
+                view(self.v.as_ptr(), 1, self.v_rs),
+                1.0,
+                none,
+            );
+        }
+        simd::softmax_grad_in_place((p, dp, nk));
+        unsafe {
+            matmul(
+                [nq, d, nk],
+                view(dq.0, dq.1, 1),
+                false,
+                view(dp.as_ptr(), nk, 1),
+                view(self.k.as_ptr(), self.k_rs, 1),
+                self.scale,
+                none,
+            );
+            matmul(
+                [nk, d, nq],
+                view(dk.0, dk.1, 1),
+                false,
+                view(dp.as_ptr(), 1, nk),
+                view(self.q.as_ptr(), self.q_rs, 1),
+                self.scale,
+                none,
+            );
+        }
+    }
+
     /// Scores of ignored keys to -inf.
     #[inline(always)]
     fn mask(&self, row: &mut [f32]) {
@@ -1058,22 +1254,18 @@ mod simd {
         }
     }
 
-    /// Φ(x), the standard normal distribution function, by erf; below x = -√2 by erfc, which
-    /// keeps its digits where `1 + erf` cancels.
-    #[inline(always)]
-    fn normal_cdf(x: f32) -> f32 {
-        let z = x * core::f32::consts::FRAC_1_SQRT_2;
-        0.5 * if z < -1.0 { erfc_positive(-z) } else { 1.0 + erf(z) }
-    }
-
     multiversion! {
-        /// `dx <- dy (Φ(x) + x φ(x))`, the derivative of `x Φ(x)`, `φ(x) = exp(-x²/2) / √(2π)`.
+        /// `dx <- dy (Φ(x) + x φ(x))`, the derivative of `x Φ(x)`, `φ(x) = exp(-x²/2) / √(2π)`,
+        /// with `Φ(x) = (1 + erf(x / √2)) / 2` as PyTorch's GELU backward computes it (where the
+        /// sum cancels, below x = -√2, Φ and x φ are both under 0.08 and their float32 error
+        /// under 1e-7 absolute).
         fn gelu_grad(args: (&[f32], &[f32], &mut [f32])) {
             let (x, dy, dx) = args;
             const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
             for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
                 let density = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
-                *dx = dy * (normal_cdf(x) + x * density);
+                let cdf = 0.5 * (1.0 + erf(x * core::f32::consts::FRAC_1_SQRT_2));
+                *dx = dy * (cdf + x * density);
             }
         }
     }
@@ -1091,7 +1283,7 @@ mod simd {
 
     /// `Σ a b` in sixteen partial sums, so that it vectorises.
     #[inline(always)]
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
+    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
         let mut sums = [0.0f32; 16];
         let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
         let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
@@ -1125,6 +1317,36 @@ mod simd {
                     *dx = scale * y * (dy - inner);
                 }
             }
+        }
+    }
+
+    /// Each row of `n` of `dp <- p (dp - Σ dp p)`.
+    #[inline(always)]
+    pub(super) fn softmax_grad_rows(p: &[f32], dp: &mut [f32], n: usize) {
+        for (p, dp) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)) {
+            let inner = dot(p, dp);
+            dp.iter_mut().zip(p).for_each(|(g, &p)| *g = p * (*g - inner));
+        }
+    }
+
+    multiversion! {
+        /// [`softmax_grad_rows`] on its own.
+        fn softmax_grad_in_place(args: (&[f32], &mut [f32], usize)) {
+            let (p, dp, n) = args;
+            softmax_grad_rows(p, dp, n)
+        }
+    }
+
+    /// [`attend_backward_direct`]'s head, output gradient, its row stride, the gradients'
+    /// pointers and row strides, and the scratch buffer.
+    type BackwardArgs<'a> = (&'a super::Head<'a>, &'a [f32], usize, [(*mut f32, usize); 3], &'a mut Vec<f32>);
+
+    multiversion! {
+        /// One narrow head's backward pass, `Head::backward_direct` compiled for the vector units.
+        fn attend_backward_direct(args: BackwardArgs<'_>) {
+            let (head, do_, do_rs, outs, scratch) = args;
+            // SAFETY: as the caller promises for `Head::backward_direct`.
+            unsafe { head.backward_direct(do_, do_rs, outs, scratch) }
         }
     }
 

@@ -11,6 +11,9 @@
 //! - [`FusedOps::fused_layer_norm`]: layer normalisation over the last dimension. Keeps its input
 //!   and recomputes each row's mean and variance in the backward pass (one pass, cheaper than
 //!   storing them as tensors); the gradients are those of the layer norm paper.
+//! - [`FusedOps::fused_attention`]: attention without a mask, forward by the inference kernel.
+//!   Keeps queries, keys and values (not the probabilities, recomputed per head in the backward
+//!   pass as flash attention does); the gradients by six matrix products per head.
 //! - [`FusedOps::fused_conv2d`]: a convolution without bias, forward by the inference kernels;
 //!   backward as one large matrix product per block of the im2col matrix for each gradient.
 //! - [`FusedOps::fused_channel_affine`]: ResNet's frozen batch norm, residual sum and ReLU. Keeps
@@ -53,6 +56,14 @@ pub trait FusedOps: Backend {
         scale: FloatTensor<Self>,
         shift: FloatTensor<Self>,
         relu: bool,
+    ) -> FloatTensor<Self>;
+    /// Scaled dot-product attention of `q` `[B, Nq, C]` and `k`, `v` `[B, Nk, C]` in
+    /// `num_heads` heads, scale `(C / num_heads)^-1/2`, no mask.
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        num_heads: usize,
     ) -> FloatTensor<Self>;
     /// A convolution without bias (groups 1, dilation 1), `padding` zeros on both sides of
     /// each dimension.
@@ -109,6 +120,12 @@ pub fn channel_affine(
     })
 }
 
+/// [`FusedOps::fused_attention`] on tensors [`applies`] accepts.
+pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, num_heads: usize) -> Tensor<3> {
+    let (q, k, v) = (q.into_dispatch(), k.into_dispatch(), v.into_dispatch());
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_attention(q, k, v, num_heads))
+}
+
 /// [`FusedOps::fused_conv2d`] on tensors [`applies`] accepts.
 pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: [usize; 2], padding: [usize; 2]) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_conv2d(
@@ -130,6 +147,10 @@ impl FusedOps for Flex {
 
     fn fused_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f32) -> FlexTensor {
         kernels::layer_norm(&x, &gamma, &beta, epsilon)
+    }
+
+    fn fused_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, num_heads: usize) -> FlexTensor {
+        kernels::attention(&q, &k, &v, num_heads)
     }
 
     fn fused_conv2d(x: FlexTensor, weight: FlexTensor, stride: [usize; 2], padding: [usize; 2]) -> FlexTensor {
@@ -269,6 +290,39 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 prep.finish((x.primitive().clone(), gamma.primitive().clone(), epsilon), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive(), gamma.primitive(), beta.primitive())),
+        }
+    }
+
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        num_heads: usize,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionBackward;
+
+        impl Backward<Flex, 3> for AttentionBackward {
+            /// Queries, keys, values and the number of heads.
+            type State = (FlexTensor, FlexTensor, FlexTensor, usize);
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let (q, k, v, num_heads) = ops.state;
+                let dout = grads.consume::<Flex>(&ops.node);
+                let gradients = kernels::attention_backward(&q, &k, &v, &dout, num_heads);
+                for (node, grad) in ops.parents.into_iter().zip(gradients) {
+                    if let Some(node) = node {
+                        grads.register::<Flex>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        let (qp, kp, vp) = (q.primitive(), k.primitive(), v.primitive());
+        let out = kernels::attention(qp, kp, vp, num_heads);
+        match AttentionBackward.prepare::<C>([q.node(), k.node(), v.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((qp.clone(), kp.clone(), vp.clone(), num_heads), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 
