@@ -4,9 +4,12 @@
 //! goes through this module: [`linear`], [`gelu`], [`layer_norm`], [`conv2d`], [`max_pool2d`],
 //! [`adaptive_avg_pool2d`], [`channel_affine`] and [`attend`] (which records attention
 //! probabilities when asked, else calls [`attention`]). Training and inference share them. On a flex
-//! tensor outside autodiff (inference, validation) they run the kernels below; anywhere else
-//! (GPU, libtorch, ndarray, training) they fall back to Burn's ops, so every backend computes
-//! the same function and training differentiates through Burn as usual.
+//! tensor outside autodiff (inference, validation) they run the kernels below. Under autodiff on
+//! flex (training) GELU, layer norm, attention, ResNet's bias-free convolutions and its frozen
+//! batch norm run as the fused, differentiable ops of [`fused`] (a Burn backend extension with
+//! hand-written backward passes), and [`adamw_update`] steps a parameter in one pass; linear
+//! layers keep Burn's differentiable `linear` (matrix products either way). Anywhere else (GPU,
+//! libtorch, ndarray) they fall back to Burn's ops, so every backend computes the same function.
 //!
 //! What the kernels save over the op-by-op path:
 //! - `linear`: the bias is written into the output first and the matrix product accumulates
