@@ -420,43 +420,21 @@ pub(super) mod kernels {
         dout: &FlexTensor,
         num_heads: usize,
     ) -> [FlexTensor; 3] {
-        let &[b, nq, c] = q.layout().shape().as_slice() else { unreachable!("a 3-d query") };
-        let nk = k.layout().shape()[1];
-        let d = c / num_heads;
-        let (qt, [q_bs, q_rs, _]) = strided::<3>(q.clone());
-        let (kt, [k_bs, k_rs, _]) = strided::<3>(k.clone());
-        let (vt, [v_bs, v_rs, _]) = strided::<3>(v.clone());
+        let heads = Heads::new(q.clone(), k.clone(), v.clone(), num_heads);
+        let (b, nq, nk, c, d) = (heads.b, heads.nq, heads.nk, heads.c, heads.d);
         let (dt, [do_bs, do_rs, _]) = strided::<3>(dout.clone());
-        fn slice(t: &FlexTensor) -> &[f32] {
-            &t.storage::<f32>()[t.layout().start_offset()..]
-        }
-        let (qs, ks, vs, dos) = (slice(&qt), slice(&kt), slice(&vt), slice(&dt));
-        let scale = (d as f32).powf(-0.5);
+        let dos = &dt.storage::<f32>()[dt.layout().start_offset()..];
         let (mut dq, mut dk, mut dv) = (vec![0.0f32; b * nq * c], vec![0.0f32; b * nk * c], vec![0.0f32; b * nk * c]);
         let (dq_ptr, dk_ptr, dv_ptr) =
             (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
-        (0..b * num_heads).into_par_iter().with_min_len(8).for_each_init(Vec::new, |scratch, task| {
-            let (bi, h) = (task / num_heads, task % num_heads);
-            let head = Head {
-                q: &qs[bi * q_bs + h * d..],
-                k: &ks[bi * k_bs + h * d..],
-                v: &vs[bi * v_bs + h * d..],
-                q_rs,
-                k_rs,
-                v_rs,
-                nq,
-                nk,
-                d,
-                scale,
-                masked: None,
-            };
+        heads.for_each(None, |head, bi, h, scratch| {
             // SAFETY: task (bi, h) writes only columns h*d..(h+1)*d of batch element bi's rows
             // of each gradient.
             unsafe {
                 let out = |ptr: SharedMut, n: usize| (ptr.at(bi * n * c + h * d), c);
                 let (do_, outs) = (&dos[bi * do_bs + h * d..], [out(dq_ptr, nq), out(dk_ptr, nk), out(dv_ptr, nk)]);
                 if d <= SMALL_HEAD {
-                    simd::attend_backward_direct((&head, do_, do_rs, outs, scratch));
+                    simd::attend_backward_direct((head, do_, do_rs, outs, scratch));
                 } else {
                     head.backward(do_, do_rs, outs, scratch);
                 }
@@ -849,43 +827,79 @@ pub fn attention((q, k, v, mask): AttentionArgs, num_heads: usize) -> Result<Ten
     let (Some(qt), Some(kt), Some(vt)) = (float32(&q), float32(&k), float32(&v)) else {
         return Err((q, k, v, mask));
     };
-    let [b, nq, c] = q.dims();
-    let nk = k.dims()[1];
     drop((q, k, v));
-    let d = c / num_heads;
-    let (qt, [q_bs, q_rs, _]) = strided::<3>(qt);
-    let (kt, [k_bs, k_rs, _]) = strided::<3>(kt);
-    let (vt, [v_bs, v_rs, _]) = strided::<3>(vt);
+    let heads = Heads::new(qt, kt, vt, num_heads);
+    let (b, nq, c, d) = (heads.b, heads.nq, heads.c, heads.d);
     // Keys to ignore, one row of `nk` flags per batch element.
     let masked: Option<Vec<bool>> = mask.map(|m| m.into_data().try_to_vec::<bool>().expect("a bool mask"));
-    let (qs, ks, vs) = (
-        &qt.storage::<f32>()[qt.layout().start_offset()..],
-        &kt.storage::<f32>()[kt.layout().start_offset()..],
-        &vt.storage::<f32>()[vt.layout().start_offset()..],
-    );
-    let scale = (d as f32).powf(-0.5);
     let mut out = vec![0.0f32; b * nq * c];
     let out_ptr = SharedMut(out.as_mut_ptr());
-    (0..b * num_heads).into_par_iter().with_min_len(8).for_each_init(Vec::new, |scratch, task| {
-        let (bi, h) = (task / num_heads, task % num_heads);
-        let head = Head {
-            q: &qs[bi * q_bs + h * d..],
-            k: &ks[bi * k_bs + h * d..],
-            v: &vs[bi * v_bs + h * d..],
-            q_rs,
-            k_rs,
-            v_rs,
-            nq,
-            nk,
-            d,
-            scale,
-            masked: masked.as_ref().map(|m| &m[bi * nk..(bi + 1) * nk]),
-        };
+    heads.for_each(masked.as_deref(), |head, bi, h, scratch| {
         // SAFETY: task (bi, h) writes only columns h*d..(h+1)*d of batch element bi's rows.
         let o = unsafe { out_ptr.at(bi * nq * c + h * d) };
-        if d <= SMALL_HEAD { simd::attend_direct((&head, scratch, o, c)) } else { head.with_gemm(o, c) }
+        if d <= SMALL_HEAD { simd::attend_direct((head, scratch, o, c)) } else { head.with_gemm(o, c) }
     });
     Ok(from_vec(out, vec![b, nq, c]))
+}
+
+/// Queries `[B, Nq, C]`, keys and values `[B, Nk, C]` of one attention, read in place as
+/// `num_heads` heads of `d = C / num_heads` columns (rows may be strided, columns contiguous).
+struct Heads {
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    /// Batch and row strides of q, k and v.
+    strides: [[usize; 2]; 3],
+    b: usize,
+    nq: usize,
+    nk: usize,
+    c: usize,
+    d: usize,
+    num_heads: usize,
+}
+
+impl Heads {
+    fn new(q: FlexTensor, k: FlexTensor, v: FlexTensor, num_heads: usize) -> Self {
+        let (b, nq, c) = {
+            let s = q.layout().shape();
+            (s[0], s[1], s[2])
+        };
+        let nk = k.layout().shape()[1];
+        let (q, [q_bs, q_rs, _]) = strided::<3>(q);
+        let (k, [k_bs, k_rs, _]) = strided::<3>(k);
+        let (v, [v_bs, v_rs, _]) = strided::<3>(v);
+        let strides = [[q_bs, q_rs], [k_bs, k_rs], [v_bs, v_rs]];
+        Self { q, k, v, strides, b, nq, nk, c, d: c / num_heads, num_heads }
+    }
+
+    /// `f(head, batch element, head index, scratch)` for every (batch element, head), one task
+    /// each, in parallel; `masked` holds `nk` flags (true: ignore the key) per batch element.
+    fn for_each(&self, masked: Option<&[bool]>, f: impl Fn(&Head<'_>, usize, usize, &mut Vec<f32>) + Sync) {
+        fn slice(t: &FlexTensor) -> &[f32] {
+            &t.storage::<f32>()[t.layout().start_offset()..]
+        }
+        let (qs, ks, vs) = (slice(&self.q), slice(&self.k), slice(&self.v));
+        let [[q_bs, q_rs], [k_bs, k_rs], [v_bs, v_rs]] = self.strides;
+        let (nk, d) = (self.nk, self.d);
+        let scale = (d as f32).powf(-0.5);
+        (0..self.b * self.num_heads).into_par_iter().with_min_len(8).for_each_init(Vec::new, |scratch, task| {
+            let (bi, h) = (task / self.num_heads, task % self.num_heads);
+            let head = Head {
+                q: &qs[bi * q_bs + h * d..],
+                k: &ks[bi * k_bs + h * d..],
+                v: &vs[bi * v_bs + h * d..],
+                q_rs,
+                k_rs,
+                v_rs,
+                nq: self.nq,
+                nk,
+                d,
+                scale,
+                masked: masked.map(|m| &m[bi * nk..(bi + 1) * nk]),
+            };
+            f(&head, bi, h, scratch)
+        });
+    }
 }
 
 /// One (batch element, head): row `i` of Q starts at `q[i * q_rs]`, and so on.
