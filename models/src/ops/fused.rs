@@ -1,8 +1,9 @@
-//! Fused element-wise ops with hand-written backward passes, as a Burn backend extension: real
-//! ops of the flex backend, inside autodiff (training) and outside it. Each one replaces a chain
-//! of Burn ops that, under autodiff, each make a pass over memory (most of them on one thread)
-//! and keep their own intermediate for the backward pass; here the forward and the backward pass
-//! are one multi-threaded, vectorised pass each, and only what the backward pass needs is kept.
+//! Fused ops with hand-written backward passes, as a Burn backend extension: real ops of the
+//! flex backend, inside autodiff (training) and outside it. Each element-wise one replaces a
+//! chain of Burn ops that, under autodiff, each make a pass over memory (most of them on one
+//! thread) and keep their own intermediate for the backward pass; here the forward and the
+//! backward pass are one multi-threaded, vectorised pass each, and only what the backward pass
+//! needs is kept. Attention and convolution replace Burn's decomposition of their gradients.
 //!
 //! - [`FusedOps::fused_gelu`]: the erf GELU. Keeps its input; the gradient is
 //!   `dy (Φ(x) + x φ(x))`.
