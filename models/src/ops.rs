@@ -174,10 +174,8 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
                 return conv2d_with(x, conv.weight.val(), bias, conv.stride, padding);
             }
             let [_, _, h, w] = x.dims();
-            let [kh, kw] = conv.kernel_size;
-            let positions = ((h + 2 * padding[0]).saturating_sub(kh) / conv.stride[0] + 1)
-                * ((w + 2 * padding[1]).saturating_sub(kw) / conv.stride[1] + 1);
-            if bias.is_none() && fused::applies(&x) && positions >= 64 {
+            let geometry = || flex::ConvGeometry::new([h, w], conv.kernel_size, conv.stride, padding);
+            if bias.is_none() && fused::applies(&x) && geometry().positions() >= 64 {
                 return fused::conv2d(x, conv.weight.val(), conv.stride, padding);
             }
         }

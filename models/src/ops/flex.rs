@@ -331,7 +331,7 @@ pub(super) mod kernels {
         let &[co, _, kh, kw] = weight.layout().shape().as_slice() else { unreachable!("a 4-d weight") };
         let g = ConvGeometry::new([h, w], [kh, kw], stride, padding);
         let (xs, ws, dys) = (elements(x), elements(weight), elements(dy));
-        let (kdim, positions) = (ci * kh * kw, g.oh * g.ow);
+        let (kdim, positions) = (ci * kh * kw, g.positions());
         let rows_per_block = if g.is_pointwise() { g.oh } else { (CONV_BLOCK_FLOATS / (kdim * g.ow)).max(1) };
         let mut dx = vec![0.0f32; if want_x { xs.len() } else { 0 }];
         let mut dw = vec![0.0f32; if want_weight { ws.len() } else { 0 }];
@@ -644,9 +644,14 @@ pub(crate) struct ConvGeometry {
 }
 
 impl ConvGeometry {
-    fn new([h, w]: [usize; 2], [kh, kw]: [usize; 2], [sh, sw]: [usize; 2], [ph, pw]: [usize; 2]) -> Self {
-        let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
+    pub(super) fn new([h, w]: [usize; 2], [kh, kw]: [usize; 2], [sh, sw]: [usize; 2], [ph, pw]: [usize; 2]) -> Self {
+        let (oh, ow) = ((h + 2 * ph).saturating_sub(kh) / sh + 1, (w + 2 * pw).saturating_sub(kw) / sw + 1);
         Self { h, w, kh, kw, sh, sw, ph, pw, oh, ow }
+    }
+
+    /// Output positions per plane.
+    pub(super) fn positions(&self) -> usize {
+        self.oh * self.ow
     }
 
     /// For each tap `(ki, kj)` and output row in `rows`: the input row, and the output columns

@@ -24,10 +24,11 @@
 //! Only float32 flex tensors take these ops ([`applies`]); the callers in [`super`] use Burn's
 //! ops everywhere else.
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind, unary};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, backend_extension};
 use burn::prelude::*;
@@ -186,35 +187,39 @@ impl<const N: usize> Backward<Flex, N> for ChannelAffineBackward {
     fn backward(self, ops: Ops<ChannelAffineState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (y, scale) = ops.state;
         let dy = grads.consume::<Flex>(&ops.node);
-        let residual_node = ops.parents.get(1).cloned().flatten();
-        let (dx, dresidual) = kernels::channel_affine_backward(y.as_ref(), &dy, &scale, residual_node.is_some());
-        if let Some(node) = &ops.parents[0] {
-            grads.register::<Flex>(node.id, dx);
-        }
-        if let (Some(node), Some(grad)) = (residual_node, dresidual) {
-            grads.register::<Flex>(node.id, grad);
-        }
+        // The parents are `[x]` or `[x, residual]`.
+        let parents = ops.parents.map(|p| p.map(|node| node.id));
+        let wants_residual = parents.get(1).is_some_and(Option::is_some);
+        let (dx, dresidual) = kernels::channel_affine_backward(y.as_ref(), &dy, &scale, wants_residual);
+        let mut gradients = [Some(dx), dresidual].into_iter();
+        register(grads, parents, std::array::from_fn(|_| gradients.next().flatten()));
     }
 }
 
-/// Registers a fused op with one differentiable input, `x`: `forward` computes the output and
-/// the state the backward step `B` keeps, which only runs when a gradient is wanted.
-fn unary_op<C, B, S>(
+/// The autodiff output of a fused op over the inputs `nodes`: `output` computed by its forward
+/// pass, `state` what its backward step `B` keeps, taken only when a gradient is wanted.
+fn record<C, B, const N: usize>(
     step: B,
-    x: FloatTensor<Autodiff<Flex, C>>,
-    forward: impl FnOnce(&FlexTensor) -> (FlexTensor, S),
+    nodes: [NodeGuard; N],
+    output: FlexTensor,
+    state: impl FnOnce() -> B::State,
 ) -> FloatTensor<Autodiff<Flex, C>>
 where
     C: CheckpointStrategy,
-    B: Backward<Flex, 1, State = S>,
-    S: Clone + Send + std::fmt::Debug + 'static,
+    B: Backward<Flex, N>,
 {
-    match step.prepare::<C>([x.node()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => {
-            let (y, state) = forward(x.primitive());
-            prep.finish(state, y)
+    match step.prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(state(), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+/// Hands each input that wants a gradient (its node id present) the one computed for it.
+fn register<const N: usize>(grads: &mut Gradients, parents: [Option<NodeId>; N], gradients: [Option<FlexTensor>; N]) {
+    for (parent, gradient) in parents.into_iter().zip(gradients) {
+        if let (Some(id), Some(gradient)) = (parent, gradient) {
+            grads.register::<Flex>(id, gradient);
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive()).0),
     }
 }
 
@@ -233,7 +238,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             }
         }
 
-        unary_op::<C, _, _>(GeluBackward, x, |x| (kernels::gelu(x), x.clone()))
+        record::<C, _, 1>(GeluBackward, [x.node()], kernels::gelu(x.primitive()), || x.primitive().clone())
     }
 
     fn fused_softmax(x: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
@@ -250,10 +255,8 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             }
         }
 
-        unary_op::<C, _, _>(SoftmaxBackward, x, |x| {
-            let y = kernels::softmax(x, scale);
-            (y.clone(), (y, scale))
-        })
+        let y = kernels::softmax(x.primitive(), scale);
+        record::<C, _, 1>(SoftmaxBackward, [x.node()], y.clone(), || (y, scale))
     }
 
     fn fused_layer_norm(
@@ -272,26 +275,15 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let (x, gamma, epsilon) = ops.state;
                 let dy = grads.consume::<Flex>(&ops.node);
-                let [node_x, node_gamma, node_beta] = ops.parents;
-                let wanted = [node_x.is_some(), node_gamma.is_some(), node_beta.is_some()];
-                let [dx, dgamma, dbeta] = kernels::layer_norm_backward(&x, &gamma, &dy, epsilon, wanted);
-                for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
-                    if let (Some(node), Some(grad)) = (node, grad) {
-                        grads.register::<Flex>(node.id, grad);
-                    }
-                }
+                let parents = ops.parents.map(|p| p.map(|node| node.id));
+                let wanted = parents.map(|id| id.is_some());
+                register(grads, parents, kernels::layer_norm_backward(&x, &gamma, &dy, epsilon, wanted));
             }
         }
 
-        let forward =
-            |x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor| kernels::layer_norm(x, gamma, beta, epsilon);
-        match LayerNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let y = forward(x.primitive(), gamma.primitive(), beta.primitive());
-                prep.finish((x.primitive().clone(), gamma.primitive().clone(), epsilon), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive(), gamma.primitive(), beta.primitive())),
-        }
+        let y = kernels::layer_norm(x.primitive(), gamma.primitive(), beta.primitive(), epsilon);
+        let state = || (x.primitive().clone(), gamma.primitive().clone(), epsilon);
+        record::<C, _, 3>(LayerNormBackward, [x.node(), gamma.node(), beta.node()], y, state)
     }
 
     fn fused_attention(
@@ -311,20 +303,14 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 let (q, k, v, num_heads) = ops.state;
                 let dout = grads.consume::<Flex>(&ops.node);
                 let gradients = kernels::attention_backward(&q, &k, &v, &dout, num_heads);
-                for (node, grad) in ops.parents.into_iter().zip(gradients) {
-                    if let Some(node) = node {
-                        grads.register::<Flex>(node.id, grad);
-                    }
-                }
+                register(grads, ops.parents.map(|p| p.map(|node| node.id)), gradients.map(Some));
             }
         }
 
         let (qp, kp, vp) = (q.primitive(), k.primitive(), v.primitive());
         let out = kernels::attention(qp, kp, vp, num_heads);
-        match AttentionBackward.prepare::<C>([q.node(), k.node(), v.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((qp.clone(), kp.clone(), vp.clone(), num_heads), out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        let state = || (qp.clone(), kp.clone(), vp.clone(), num_heads);
+        record::<C, _, 3>(AttentionBackward, [q.node(), k.node(), v.node()], out, state)
     }
 
     fn fused_conv2d(
@@ -343,24 +329,15 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let (x, weight, stride, padding) = ops.state;
                 let dy = grads.consume::<Flex>(&ops.node);
-                let [node_x, node_weight] = ops.parents;
-                let wanted = [node_x.is_some(), node_weight.is_some()];
-                let [dx, dweight] = kernels::conv2d_backward(&x, &weight, &dy, stride, padding, wanted);
-                for (node, grad) in [(node_x, dx), (node_weight, dweight)] {
-                    if let (Some(node), Some(grad)) = (node, grad) {
-                        grads.register::<Flex>(node.id, grad);
-                    }
-                }
+                let parents = ops.parents.map(|p| p.map(|node| node.id));
+                let wanted = parents.map(|id| id.is_some());
+                register(grads, parents, kernels::conv2d_backward(&x, &weight, &dy, stride, padding, wanted));
             }
         }
 
         let y = kernels::conv2d(x.primitive(), weight.primitive(), stride, padding);
-        match Conv2dBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                prep.finish((x.primitive().clone(), weight.primitive().clone(), stride, padding), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        let state = || (x.primitive().clone(), weight.primitive().clone(), stride, padding);
+        record::<C, _, 2>(Conv2dBackward, [x.node(), weight.node()], y, state)
     }
 
     fn fused_channel_affine(
@@ -370,10 +347,8 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         relu: bool,
     ) -> FloatTensor<Self> {
         let y = kernels::channel_affine(x.primitive(), scale.primitive(), shift.primitive(), None, relu);
-        match ChannelAffineBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((relu.then(|| y.clone()), scale.primitive().clone()), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        let state = || (relu.then(|| y.clone()), scale.primitive().clone());
+        record::<C, _, 1>(ChannelAffineBackward, [x.node()], y.clone(), state)
     }
 
     fn fused_channel_affine_residual(
@@ -385,9 +360,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         let (xp, rp) = (x.primitive(), residual.primitive());
         let y = kernels::channel_affine(xp, scale.primitive(), shift.primitive(), Some(rp), relu);
-        match ChannelAffineBackward.prepare::<C>([x.node(), residual.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((relu.then(|| y.clone()), scale.primitive().clone()), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        let state = || (relu.then(|| y.clone()), scale.primitive().clone());
+        record::<C, _, 2>(ChannelAffineBackward, [x.node(), residual.node()], y.clone(), state)
     }
 }
