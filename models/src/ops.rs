@@ -5,11 +5,13 @@
 //! [`adaptive_avg_pool2d`], [`channel_affine`] and [`attend`] (which records attention
 //! probabilities when asked, else calls [`attention`]). Training and inference share them. On a flex
 //! tensor outside autodiff (inference, validation) they run the kernels below. Under autodiff on
-//! flex (training) GELU, layer norm, attention, ResNet's bias-free convolutions and its frozen
-//! batch norm run as the fused, differentiable ops of [`fused`] (a Burn backend extension with
-//! hand-written backward passes), and [`adamw_update`] steps a parameter in one pass; linear
-//! layers keep Burn's differentiable `linear` (matrix products either way). Anywhere else (GPU,
-//! libtorch, ndarray) they fall back to Burn's ops, so every backend computes the same function.
+//! flex (training) linear layers, GELU, layer norm, attention, ResNet's bias-free
+//! convolutions and its frozen batch norm run as the fused, differentiable ops of [`fused`] (a
+//! Burn backend extension with hand-written backward passes), and [`adamw_update`] steps a
+//! parameter in one pass. Anywhere else (GPU, libtorch, ndarray) they fall back to Burn's ops, so
+//! every backend computes the same function. On x86-64 CPUs without AVX-512 (or with
+//! `ZOO_ISA=avx2`) the kernels' matrix products are the zoo's own ([`sgemm`]), elsewhere the gemm
+//! crate's.
 //!
 //! What the kernels save over the op-by-op path:
 //! - `linear`: the bias is written into the output first and the matrix product accumulates
@@ -43,6 +45,8 @@ use burn::prelude::*;
 mod flex;
 #[cfg(feature = "flex")]
 pub mod fused;
+#[cfg(all(feature = "flex", target_arch = "x86_64"))]
+mod sgemm;
 
 /// The widest vector instructions the zoo's own CPU kernels may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,11 +72,12 @@ pub fn isa_from_env() -> Result<Isa, String> {
     }
 }
 
-/// `x @ weight + bias` over the last dimension of `x`, `weight` `[d_in, d_out]`.
+/// `x @ weight + bias` over the last dimension of `x`, `weight` `[d_in, d_out]`, as [`linear`].
 pub fn linear_with<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
     #[cfg(feature = "flex")]
     let (x, weight, bias) = match flex::linear(x, weight, bias) {
         Ok(y) => return y,
+        Err((x, weight, bias)) if fused::applies(&x) => return fused::linear(x, weight, bias),
         Err(args) => args,
     };
     let out = x.matmul(weight.unsqueeze());
@@ -82,12 +87,13 @@ pub fn linear_with<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option
     }
 }
 
-/// A linear layer's forward pass: the kernel on flex, Burn's `Linear` (its backend's linear op)
-/// everywhere else.
+/// A linear layer's forward pass: the kernel on flex, [`fused::linear`] under autodiff on flex,
+/// Burn's `Linear` (its backend's linear op) everywhere else.
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "flex")]
     let x = match flex::linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val())) {
         Ok(y) => return y,
+        Err((x, weight, bias)) if fused::applies(&x) => return fused::linear(x, weight, bias),
         Err((x, _, _)) => x,
     };
     layer.forward(x)

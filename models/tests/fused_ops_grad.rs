@@ -1,4 +1,4 @@
-//! The fused differentiable ops of `zoo_models::ops::fused` (GELU, scaled softmax, layer norm)
+//! The fused differentiable ops of `zoo_models::ops::fused` (linear, GELU, scaled softmax, layer norm, ...)
 //! against Burn's own ops on the same inputs, forward values and every gradient, under autodiff
 //! on flex and without it. Sizes span several kernel tasks, and some inputs are transposed views,
 //! so that the strided paths run too.
@@ -116,6 +116,54 @@ fn layer_norm_and_its_gradients_match_burns() {
             ["forward", "dx", "dgamma", "dbeta"].iter().zip(&got).zip(&want).map(|((n, a), b)| (n, a, b))
         {
             assert_close(&format!("layer norm {shape:?} {name}"), a, b);
+        }
+    }
+}
+
+#[test]
+fn linear_and_its_gradients_match_burns() {
+    let device = Device::flex().autodiff();
+    // [B, N, k] x [k, n]: a tiny one, ViT-like rows over several tasks, and DETR's projection
+    // (a transposed slice of a larger weight) on a transposed input.
+    for ([b, rows, k, n], views) in [([2, 3, 5, 7], false), ([2, 197, 96, 200], false), ([3, 40, 33, 17], true)] {
+        let run = |use_fused: bool| {
+            let x_leaf = if views { [b, k, rows] } else { [b, rows, k] };
+            let leaf = Tensor::<3>::from_data(data(11, x_leaf, 2.0), &device).require_grad();
+            let x = if views { leaf.clone().swap_dims(1, 2) } else { leaf.clone() };
+            let w_dims = if views { [2 * n, k] } else { [k, n] };
+            let w_leaf = Tensor::<3>::from_data(data(12, [1, w_dims[0], w_dims[1]], 0.5), &device);
+            let w_leaf = w_leaf.reshape(w_dims).require_grad();
+            let weight = if views { w_leaf.clone().slice(s![n..2 * n, ..]).transpose() } else { w_leaf.clone() };
+            let bias = Tensor::<3>::from_data(data(13, [1, 1, n], 1.0), &device).reshape([n]).require_grad();
+            let y = if use_fused {
+                fused::linear(x, weight, Some(bias.clone()))
+            } else {
+                x.matmul(weight.unsqueeze()) + bias.clone().unsqueeze()
+            };
+            let w = Tensor::<3>::from_data(data(14, y.dims(), 1.0), &device);
+            let grads = (y.clone() * w).sum().backward();
+            [
+                read(y),
+                read(leaf.grad(&grads).unwrap()),
+                read(w_leaf.grad(&grads).unwrap()),
+                read(bias.grad(&grads).unwrap()),
+            ]
+        };
+        let (got, want) = (run(true), run(false));
+        // Without a bias: the same product and gradients of x and the weight.
+        let x = Tensor::<3>::from_data(data(15, [b, rows, k], 2.0), &device).require_grad();
+        let weight = Tensor::<3>::from_data(data(16, [1, k, n], 0.5), &device).reshape([k, n]).require_grad();
+        let y = fused::linear(x.clone(), weight.clone(), None);
+        let y_ref = x.clone().matmul(weight.clone().unsqueeze());
+        assert_close("linear without bias forward", &read(y.clone()), &read(y_ref.clone()));
+        let (grads, grads_ref) = (y.sum().backward(), y_ref.sum().backward());
+        assert_close("linear without bias dx", &read(x.grad(&grads).unwrap()), &read(x.grad(&grads_ref).unwrap()));
+        let (dw, dw_ref) = (weight.grad(&grads).unwrap(), weight.grad(&grads_ref).unwrap());
+        assert_close("linear without bias dweight", &read(dw), &read(dw_ref));
+        for (name, a, b) in
+            ["forward", "dx", "dweight", "dbias"].iter().zip(&got).zip(&want).map(|((n, a), b)| (n, a, b))
+        {
+            assert_close(&format!("linear {rows}x{k}x{n} {name}"), a, b);
         }
     }
 }

@@ -72,10 +72,10 @@ type LinearArgs<const D: usize> = (Tensor<D>, Tensor<2>, Option<Tensor<1>>);
 
 /// A strided f32 matrix for [`matmul`]: element `(i, j)` at `ptr + i * rs + j * cs`.
 #[derive(Clone, Copy)]
-struct View<P> {
-    ptr: P,
-    rs: isize,
-    cs: isize,
+pub(super) struct View<P> {
+    pub(super) ptr: P,
+    pub(super) rs: isize,
+    pub(super) cs: isize,
 }
 
 fn view<P>(ptr: P, rs: usize, cs: usize) -> View<P> {
@@ -83,7 +83,8 @@ fn view<P>(ptr: P, rs: usize, cs: usize) -> View<P> {
 }
 
 /// `dst = scale * lhs rhs`, or `dst += scale * lhs rhs` with `accumulate`, for `[m, k] x [k, n]`
-/// (`shape = [m, n, k]`), by the gemm crate.
+/// (`shape = [m, n, k]`): by the zoo's AVX2 kernel ([`super::sgemm`]) where it is enabled and
+/// `dst` has unit column stride, else by the gemm crate.
 ///
 /// # Safety
 /// The views must describe live buffers of these shapes, and `dst` must not overlap the others.
@@ -96,6 +97,14 @@ unsafe fn matmul(
     scale: f32,
     parallelism: gemm::Parallelism,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if dst.cs == 1 && dst.rs >= 0 && super::sgemm::enabled() {
+        let threaded = !matches!(parallelism, gemm::Parallelism::None);
+        // SAFETY: the CPU has AVX2 and FMA (enabled); the rest as the caller promises.
+        return unsafe {
+            super::sgemm::sgemm([m, n, k], dst.ptr, dst.rs as usize, accumulate, lhs, rhs, scale, threaded)
+        };
+    }
     let keep = if accumulate { 1.0 } else { 0.0 };
     // SAFETY: as the caller promises.
     unsafe {
@@ -132,18 +141,17 @@ pub fn linear<const D: usize>(
     let (Some(xt), Some(wt), None | Some(Some(_))) = (float32(&x), float32(&weight), &bias_prim) else {
         return Err((x, weight, bias));
     };
-    let dims = x.dims();
     drop(x);
-    let [k, n] = weight.dims();
-    let m = dims[..D - 1].iter().product::<usize>();
-    // Rows of x must sit at one stride from each other: true unless x is a permuted view.
-    let xt = xt.reshape(vec![m, k].into());
-    let (xt, [x_rs, x_cs]) = strided::<2>(xt);
-    let w_strides = wt.layout().strides();
-    let (w_rs, w_cs) = (w_strides[0], w_strides[1]);
+    Ok(tensor(linear_kernel(&xt, &wt, bias_prim.flatten().as_ref())))
+}
 
-    // The output starts as the bias in every row; the product accumulates onto it.
-    let mut out = match bias_prim.flatten() {
+/// `x @ weight + bias` over the last dimension of a float32 `x`, `weight` `[k, n]`: the output
+/// starts as the bias in every row and the product accumulates onto it (no second pass).
+fn linear_kernel(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
+    let dims = x.layout().shape().to_vec();
+    let [k, n] = [weight.layout().shape()[0], weight.layout().shape()[1]];
+    let m = dims[..dims.len() - 1].iter().product::<usize>();
+    let mut out = match bias {
         Some(b) => {
             let b = b.to_contiguous();
             let b = &b.storage::<f32>()[b.layout().start_offset()..][..n];
@@ -155,22 +163,59 @@ pub fn linear<const D: usize>(
         }
         None => vec![0.0; m * n],
     };
-    let parallelism = if m * n * k >= THREADED_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-    // SAFETY: the pointers and strides describe live buffers of the shapes passed.
+    // SAFETY: `out` is `[m, n]`; the views are of live tensors of the shapes passed.
     unsafe {
         matmul(
             [m, n, k],
             view(out.as_mut_ptr(), n, 1),
             true,
-            view(xt.storage::<f32>().as_ptr().add(xt.layout().start_offset()), x_rs, x_cs),
-            View { ptr: wt.storage::<f32>().as_ptr().add(wt.layout().start_offset()), rs: w_rs, cs: w_cs },
+            rows(x, m, k).view(),
+            Matrix::new(weight).view(),
             1.0,
-            parallelism,
-        );
+            parallel(m * n * k),
+        )
+    };
+    let mut shape = dims;
+    *shape.last_mut().expect("x has dimensions") = n;
+    FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+fn parallel(macs: usize) -> gemm::Parallelism {
+    if macs >= THREADED_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None }
+}
+
+/// A 2-D float32 flex tensor whose elements [`matmul`] reads in place, at its own strides.
+struct Matrix {
+    t: FlexTensor,
+    rs: isize,
+    cs: isize,
+}
+
+impl Matrix {
+    fn new(t: &FlexTensor) -> Self {
+        let t = if t.layout().has_positive_strides() { t.clone() } else { t.to_contiguous() };
+        let s = t.layout().strides();
+        let (rs, cs) = (s[0], s[1]);
+        Matrix { t, rs, cs }
     }
-    let mut shape = dims.to_vec();
-    shape[D - 1] = n;
-    Ok(from_vec(out, shape))
+
+    fn view(&self) -> View<*const f32> {
+        // SAFETY: the start offset lies inside the storage.
+        let ptr = unsafe { self.t.storage::<f32>().as_ptr().add(self.t.layout().start_offset()) };
+        View { ptr, rs: self.rs, cs: self.cs }
+    }
+
+    /// The transpose, a view of the same elements.
+    fn transposed(self) -> Self {
+        Matrix { t: self.t, rs: self.cs, cs: self.rs }
+    }
+}
+
+/// `x` as an `[m, k]` matrix of its rows (the last dimension).
+fn rows(x: &FlexTensor, m: usize, k: usize) -> Matrix {
+    // Rows of x must sit at one stride from each other: true unless x is a permuted view.
+    let (t, [rs, cs]) = strided::<2>(x.clone().reshape(vec![m, k].into()));
+    Matrix { t, rs: rs as isize, cs: cs as isize }
 }
 
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
@@ -257,6 +302,53 @@ pub(super) mod kernels {
             .zip(ys.par_chunks(t).zip(dys.par_chunks(t)))
             .for_each(|(dx, (y, dy))| simd::softmax_grad((y, dy, dx, n, scale)));
         shaped_like(dx, y)
+    }
+
+    /// The forward pass of [`super::super::fused::FusedOps::fused_linear`].
+    pub fn linear(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
+        linear_kernel(x, weight, bias)
+    }
+
+    /// The gradients of `x W + b` (`W` `[k, n]`, over the rows of `x`) that are `wanted`:
+    /// `dx = dy W^T`, `dW = x^T dy`, `db` the column sums of `dy`. The products read `W^T` and
+    /// `x^T` in place.
+    pub fn linear_backward(
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        dy: &FlexTensor,
+        [want_x, want_weight, want_bias]: [bool; 3],
+    ) -> [Option<FlexTensor>; 3] {
+        let (k, n) = (weight.layout().shape()[0], weight.layout().shape()[1]);
+        let dys = elements(dy);
+        let m = dys.len() / n;
+        let dy_rows = view(dys.as_ptr(), n, 1);
+        let threads = parallel(m * n * k);
+        let dx = want_x.then(|| {
+            let mut dx = vec![0.0f32; m * k];
+            let w_t = Matrix::new(weight).transposed();
+            // SAFETY: `dx` is `[m, k]`, `dy` `[m, n]`, `W^T` `[n, k]`.
+            unsafe { matmul([m, k, n], view(dx.as_mut_ptr(), k, 1), false, dy_rows, w_t.view(), 1.0, threads) };
+            shaped_like(dx, x)
+        });
+        let dweight = want_weight.then(|| {
+            let mut dw = vec![0.0f32; k * n];
+            let x_t = rows(x, m, k).transposed();
+            // SAFETY: `dW` is `[k, n]`, `x^T` `[k, m]`, `dy` `[m, n]`.
+            unsafe { matmul([k, n, m], view(dw.as_mut_ptr(), n, 1), false, x_t.view(), dy_rows, 1.0, threads) };
+            shaped_like(dw, weight)
+        });
+        let dbias = want_bias.then(|| {
+            let add = |mut sum: Vec<f32>, row: &[f32]| {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                sum
+            };
+            let sums = dys
+                .par_chunks(task_len(n))
+                .map(|rows| rows.chunks_exact(n).fold(vec![0.0f32; n], add))
+                .reduce(|| vec![0.0f32; n], |a, b| add(a, &b));
+            FlexTensor::from_data(TensorData::new(sums, vec![n]))
+        });
+        [dx, dweight, dbias]
     }
 
     /// `relu?(x scale[c] + shift[c] (+ residual))` per channel `c` of `x` `[B, C, H, W]`.

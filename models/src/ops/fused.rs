@@ -5,6 +5,9 @@
 //! backward pass are one multi-threaded, vectorised pass each, and only what the backward pass
 //! needs is kept. Attention and convolution replace Burn's decomposition of their gradients.
 //!
+//! - [`FusedOps::fused_linear`] (and `_without_bias`): `x W + b`, the bias written into the output before the product
+//!   accumulates onto it. Keeps `x` and `W`; `dx = dy W^T` and `dW = x^T dy` read the
+//!   transposes in place, `db` sums the rows of `dy` in one threaded pass.
 //! - [`FusedOps::fused_gelu`]: the erf GELU. Keeps its input; the gradient is
 //!   `dy (Φ(x) + x φ(x))`.
 //! - [`FusedOps::fused_softmax`]: `softmax(scale x)` over the last dimension (attention scores).
@@ -40,6 +43,10 @@ use super::flex::kernels;
 /// The fused ops; implemented for flex and for autodiff over flex.
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: Backend {
+    /// `x @ weight + bias` over the last dimension of `x`, `weight` `[d_in, d_out]`.
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x @ weight` over the last dimension of `x`, `weight` `[d_in, d_out]`.
+    fn fused_linear_without_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
     /// GELU with erf, as `torch.nn.GELU()`.
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `softmax(scale * x)` over the last dimension.
@@ -88,6 +95,15 @@ pub trait FusedOps: Backend {
 /// Whether `x` takes the fused ops: a float32 tensor on flex, with or without autodiff.
 pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
     x.device().inner() == Device::flex() && x.dtype() == DType::F32
+}
+
+/// [`FusedOps::fused_linear`] (or its form without bias) on tensors [`applies`] accepts.
+pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    let (x, weight) = (x.into_dispatch(), weight.into_dispatch());
+    Tensor::from_dispatch(match bias {
+        Some(bias) => <Dispatch as FusedOps>::fused_linear(x, weight, bias.into_dispatch()),
+        None => <Dispatch as FusedOps>::fused_linear_without_bias(x, weight),
+    })
 }
 
 /// [`FusedOps::fused_gelu`] on a tensor [`applies`] accepts.
@@ -139,6 +155,14 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: [usize; 2], padding: [usi
 }
 
 impl FusedOps for Flex {
+    fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        kernels::linear(&x, &weight, Some(&bias))
+    }
+
+    fn fused_linear_without_bias(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        kernels::linear(&x, &weight, None)
+    }
+
     fn fused_gelu(x: FlexTensor) -> FlexTensor {
         kernels::gelu(&x)
     }
@@ -196,6 +220,24 @@ impl<const N: usize> Backward<Flex, N> for ChannelAffineBackward {
     }
 }
 
+#[derive(Debug)]
+struct LinearBackward;
+
+impl<const N: usize> Backward<Flex, N> for LinearBackward {
+    /// The input and the weight.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, weight) = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        // The parents are `[x, weight]` or `[x, weight, bias]`.
+        let parents = ops.parents.map(|p| p.map(|node| node.id));
+        let wanted = std::array::from_fn(|i| parents.get(i).is_some_and(Option::is_some));
+        let mut gradients = kernels::linear_backward(&x, &weight, &dy, wanted).into_iter();
+        register(grads, parents, std::array::from_fn(|_| gradients.next().flatten()));
+    }
+}
+
 /// The autodiff output of a fused op over the inputs `nodes`: `output` computed by its forward
 /// pass, `state` what its backward step `B` keeps, taken only when a gradient is wanted.
 fn record<C, B, const N: usize>(
@@ -224,6 +266,20 @@ fn register<const N: usize>(grads: &mut Gradients, parents: [Option<NodeId>; N],
 }
 
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (xp, wp) = (x.primitive(), weight.primitive());
+        let y = kernels::linear(xp, wp, Some(bias.primitive()));
+        let state = || (xp.clone(), wp.clone());
+        record::<C, _, 3>(LinearBackward, [x.node(), weight.node(), bias.node()], y, state)
+    }
+
+    fn fused_linear_without_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (xp, wp) = (x.primitive(), weight.primitive());
+        let y = kernels::linear(xp, wp, None);
+        let state = || (xp.clone(), wp.clone());
+        record::<C, _, 2>(LinearBackward, [x.node(), weight.node()], y, state)
+    }
+
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct GeluBackward;

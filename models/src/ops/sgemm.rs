@@ -1,0 +1,339 @@
+//! Single-precision matrix products for x86-64 CPUs with AVX2 and FMA, in the layout of
+//! BLIS (Van Zee & van de Geijn, "BLIS: A Framework for Rapidly Instantiating BLAS
+//! Functionality", 2015), which is also OpenBLAS's and MKL's: the right operand is packed in
+//! blocks of `KC` rows into panels `NR` columns wide that stay in the last-level cache, the left
+//! one in blocks of up to `MC` rows into panels `MR` rows tall that stay in L2, and a 6 x 16
+//! micro-kernel keeps its output tile in twelve AVX registers while it streams both panels
+//! from L1. Each core takes a share of the output's columns (or rows, when there are more rows)
+//! and packs what it needs itself, so that a call forks and joins once.
+
+use rayon::prelude::*;
+use std::cell::Cell;
+
+/// Rows of the micro-kernel's output tile.
+const MR: usize = 6;
+/// Columns of the micro-kernel's output tile (two 8-float AVX registers).
+const NR: usize = 16;
+/// Depth of a packed block: an `MR x KC` and a `KC x NR` panel fit in L1 together.
+const KC: usize = 256;
+/// Rows of a packed left block (`MC x KC` floats, 144 KiB, stay in L2).
+const MC: usize = 144;
+/// Columns of a packed right block (`KC x NC` floats, 4 MiB, stay in L3).
+const NC: usize = 4096;
+
+use super::flex::View as Mat;
+
+/// A pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct Shared<P>(P);
+unsafe impl<P> Send for Shared<P> {}
+unsafe impl<P> Sync for Shared<P> {}
+
+impl<P: Copy> Shared<P> {
+    /// The pointer (a method, so that closures capture the whole `Shared`).
+    fn get(&self) -> P {
+        self.0
+    }
+}
+
+/// Whether the zoo's matrix products use this kernel: on CPUs with AVX2 and FMA but without
+/// AVX-512, and on any AVX2 CPU with `ZOO_ISA=avx2`; where AVX-512 may be used the gemm crate's
+/// AVX-512 kernels run instead. Read once.
+pub fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let avx512 = is_x86_feature_detected!("avx512f") && super::isa_from_env() != Ok(super::Isa::Avx2);
+        avx2 && !avx512
+    })
+}
+
+thread_local! {
+    /// Packing buffers, reused across calls (taken while in use, so a nested call on the same
+    /// thread allocates its own).
+    static PACK_A: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static PACK_B: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's buffer from `slot`, of at least `len` floats.
+fn with_buffer<R>(
+    slot: &'static std::thread::LocalKey<Cell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buf = slot.with(Cell::take);
+    if buf.len() < len {
+        buf = vec![0.0; len];
+    }
+    let r = f(&mut buf[..len]);
+    slot.with(|s| s.set(buf));
+    r
+}
+
+/// `dst = scale * a b`, or `dst += scale * a b` with `accumulate`, for `a` `[m, k]`, `b` `[k, n]`
+/// and `dst` `[m, n]` with unit column stride, on all of rayon's threads when `threaded`.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA (as when [`enabled`]); the matrices must describe live buffers of
+/// these shapes, and `dst` must not overlap the others.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat<*const f32>,
+    b: Mat<*const f32>,
+    scale: f32,
+    threaded: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                unsafe { std::ptr::write_bytes(dst.add(i * dst_rs), 0, n) };
+            }
+        }
+        return;
+    }
+    let threads = if threaded { rayon::current_num_threads() } else { 1 };
+    // Each thread takes a share of the columns (when there are fewer rows than columns) or of
+    // the rows and packs what it needs of both operands itself: the operand it shares in full
+    // is the smaller one, packed once per thread, and there is one fork and join per call.
+    let split_columns = n >= m;
+    let parts = threads.min(if split_columns { n.div_ceil(NR) } else { m.div_ceil(MR) });
+    let (a, b, dst) = (Shared(a), Shared(b), Shared(dst));
+    let task = |t: usize| {
+        let (rows, cols) = if split_columns { (0..m, share(t, parts, n, NR)) } else { (share(t, parts, m, MR), 0..n) };
+        // SAFETY: tasks write disjoint tiles of `dst`; the rest as the caller promises.
+        unsafe { block([rows, cols], k, dst.get(), dst_rs, accumulate, a.get(), b.get(), scale) };
+    };
+    if parts > 1 {
+        (0..parts).into_par_iter().for_each(task);
+    } else {
+        task(0);
+    }
+}
+
+/// Part `t` of `parts` of `0..len`, in whole units of `unit`.
+fn share(t: usize, parts: usize, len: usize, unit: usize) -> std::ops::Range<usize> {
+    let units = len.div_ceil(unit);
+    (t * units / parts * unit).min(len)..((t + 1) * units / parts * unit).min(len)
+}
+
+/// [`sgemm`]'s rows `rows` and columns `cols` of `dst` on this thread.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(
+    [rows, cols]: [std::ops::Range<usize>; 2],
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat<*const f32>,
+    b: Mat<*const f32>,
+    scale: f32,
+) {
+    for j0 in cols.clone().step_by(NC) {
+        let nc = NC.min(cols.end - j0);
+        let panels = nc.div_ceil(NR);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            let keep = accumulate || p0 > 0;
+            with_buffer(&PACK_B, panels * NR * kc, |packed_b| {
+                for (q, panel) in packed_b.chunks_exact_mut(NR * kc).enumerate() {
+                    unsafe { pack_b(b, p0, j0 + q * NR, kc, nc - q * NR, panel) };
+                }
+                for i0 in rows.clone().step_by(MC) {
+                    let mc = MC.min(rows.end - i0);
+                    with_buffer(&PACK_A, mc.next_multiple_of(MR) * kc, |packed_a| unsafe {
+                        pack_a(a, i0, p0, mc, kc, packed_a);
+                        for (q, panel) in packed_b.chunks_exact(NR * kc).enumerate() {
+                            for r in (0..mc).step_by(MR) {
+                                let c = dst.add((i0 + r) * dst_rs + j0 + q * NR);
+                                let tile = Tile { ptr: c, rs: dst_rs, rows: MR.min(mc - r), cols: NR.min(nc - q * NR) };
+                                kernel(kc, packed_a.as_ptr().add(r * kc), panel.as_ptr(), tile, scale, keep);
+                            }
+                        }
+                    });
+                }
+            });
+        }
+    }
+}
+
+/// Packs rows `p0..p0 + kc` and columns `j0..j0 + cols` (at most NR) of `b` into `panel`
+/// (`kc x NR`, row after row), zeros past `cols`.
+unsafe fn pack_b(b: Mat<*const f32>, p0: usize, j0: usize, kc: usize, cols: usize, panel: &mut [f32]) {
+    let cols = cols.min(NR);
+    let at = |p: usize, j: usize| unsafe { b.ptr.offset((p0 + p) as isize * b.rs + (j0 + j) as isize * b.cs) };
+    if b.cs == 1 {
+        for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
+            if cols == NR {
+                // A fixed-size copy the compiler inlines (two vector moves, no call).
+                row.copy_from_slice(unsafe { std::slice::from_raw_parts(at(p, 0), NR) });
+            } else {
+                row[..cols].copy_from_slice(unsafe { std::slice::from_raw_parts(at(p, 0), cols) });
+                row[cols..].fill(0.0);
+            }
+        }
+    } else {
+        for j in 0..NR {
+            if j < cols {
+                for p in 0..kc {
+                    panel[p * NR + j] = unsafe { *at(p, j) };
+                }
+            } else {
+                for p in 0..kc {
+                    panel[p * NR + j] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// Packs rows `i0..i0 + mc` and columns `p0..p0 + kc` of `a` into panels of MR rows
+/// (`kc x MR` each, column after column), zeros past row `mc`.
+unsafe fn pack_a(a: Mat<*const f32>, i0: usize, p0: usize, mc: usize, kc: usize, packed: &mut [f32]) {
+    let at = |i: usize, p: usize| unsafe { a.ptr.offset((i0 + i) as isize * a.rs + (p0 + p) as isize * a.cs) };
+    for (t, panel) in packed.chunks_exact_mut(MR * kc).enumerate() {
+        let rows = MR.min(mc - t * MR);
+        if a.rs == 1 {
+            for (p, col) in panel.chunks_exact_mut(MR).enumerate() {
+                unsafe { std::ptr::copy_nonoverlapping(at(t * MR, p), col.as_mut_ptr(), rows) };
+                col[rows..].fill(0.0);
+            }
+        } else {
+            for r in 0..MR {
+                if r < rows {
+                    for p in 0..kc {
+                        panel[p * MR + r] = unsafe { *at(t * MR + r, p) };
+                    }
+                } else {
+                    for p in 0..kc {
+                        panel[p * MR + r] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where a micro-kernel writes: `rows x cols` (at most MR x NR) floats at `ptr`, rows `rs` apart.
+struct Tile {
+    ptr: *mut f32,
+    rs: usize,
+    rows: usize,
+    cols: usize,
+}
+
+/// `tile = scale * a b (+ tile with keep)` for an `MR x kc` packed panel `a` and a `kc x NR`
+/// packed panel `b`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, tile: Tile, scale: f32, keep: bool) {
+    use std::arch::x86_64::*;
+    // The tile's rows are far apart in memory: fetch them while the products run.
+    for r in 0..tile.rows {
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(tile.ptr.add(r * tile.rs) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(tile.ptr.add(r * tile.rs + NR - 1) as *const i8);
+        }
+    }
+    let mut c = [[_mm256_setzero_ps(); 2]; MR];
+    let step = |c: &mut [[__m256; 2]; MR], p: usize| unsafe {
+        let (b0, b1) = (_mm256_loadu_ps(b.add(p * NR)), _mm256_loadu_ps(b.add(p * NR + 8)));
+        for (r, acc) in c.iter_mut().enumerate() {
+            let ar = _mm256_broadcast_ss(&*a.add(p * MR + r));
+            acc[0] = _mm256_fmadd_ps(ar, b0, acc[0]);
+            acc[1] = _mm256_fmadd_ps(ar, b1, acc[1]);
+        }
+    };
+    let mut p = 0;
+    while p + 4 <= kc {
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(a.add(p * MR + 64) as *const i8) };
+        step(&mut c, p);
+        step(&mut c, p + 1);
+        step(&mut c, p + 2);
+        step(&mut c, p + 3);
+        p += 4;
+    }
+    while p < kc {
+        step(&mut c, p);
+        p += 1;
+    }
+    let s = _mm256_set1_ps(scale);
+    if tile.rows == MR && tile.cols == NR {
+        for (r, acc) in c.iter().enumerate() {
+            let row = unsafe { tile.ptr.add(r * tile.rs) };
+            for (h, v) in acc.iter().enumerate() {
+                let out = unsafe { row.add(8 * h) };
+                let v = _mm256_mul_ps(*v, s);
+                let v = if keep { _mm256_add_ps(v, unsafe { _mm256_loadu_ps(out) }) } else { v };
+                unsafe { _mm256_storeu_ps(out, v) };
+            }
+        }
+    } else {
+        let mut buf = [0.0f32; MR * NR];
+        for (r, acc) in c.iter().enumerate() {
+            for (h, v) in acc.iter().enumerate() {
+                unsafe { _mm256_storeu_ps(buf.as_mut_ptr().add(r * NR + 8 * h), _mm256_mul_ps(*v, s)) };
+            }
+        }
+        for r in 0..tile.rows {
+            let row = unsafe { std::slice::from_raw_parts_mut(tile.ptr.add(r * tile.rs), tile.cols) };
+            for (out, v) in row.iter_mut().zip(&buf[r * NR..]) {
+                *out = if keep { *out + v } else { *v };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every layout of both operands (row-major or transposed views), with and without
+    /// accumulation, on one thread and on all, against a float64 product; the shapes cover
+    /// partial tiles, several depth blocks and column blocks.
+    #[test]
+    fn matches_a_float64_product() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        for [m, k, n] in [[1, 1, 1], [7, 3, 17], [13, 300, 35], [197, 513, 47], [40, 64, 4200], [5, 700, 33]] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i * 7 % 13) as f32 * 0.1 - 0.6).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i * 5 % 11) as f32 * 0.1 - 0.5).collect();
+            let init: Vec<f32> = (0..m * n).map(|i| (i % 3) as f32).collect();
+            for a_transposed in [false, true] {
+                for b_transposed in [false, true] {
+                    let (a_rs, a_cs) = if a_transposed { (1, m) } else { (k, 1) };
+                    let (b_rs, b_cs) = if b_transposed { (1, k) } else { (n, 1) };
+                    for accumulate in [false, true] {
+                        for threaded in [false, true] {
+                            let mut c = init.clone();
+                            let a_mat = Mat { ptr: a.as_ptr(), rs: a_rs as isize, cs: a_cs as isize };
+                            let b_mat = Mat { ptr: b.as_ptr(), rs: b_rs as isize, cs: b_cs as isize };
+                            // SAFETY: the CPU has AVX2 and FMA, the views lie inside the buffers.
+                            unsafe { sgemm([m, n, k], c.as_mut_ptr(), n, accumulate, a_mat, b_mat, 0.5, threaded) };
+                            for i in 0..m {
+                                for j in 0..n {
+                                    let dot: f64 = (0..k)
+                                        .map(|p| a[i * a_rs + p * a_cs] as f64 * b[p * b_rs + j * b_cs] as f64)
+                                        .sum();
+                                    let want = 0.5 * dot + if accumulate { init[i * n + j] as f64 } else { 0.0 };
+                                    let got = c[i * n + j] as f64;
+                                    assert!(
+                                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                        "{m}x{k}x{n} a^T {a_transposed} b^T {b_transposed} accumulate {accumulate} \
+                                         threaded {threaded} at ({i}, {j}): {got} != {want}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
