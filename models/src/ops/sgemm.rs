@@ -23,19 +23,6 @@ const NC: usize = 4096;
 
 use super::flex::View as Mat;
 
-/// A pointer that tasks writing disjoint parts of one buffer may share.
-#[derive(Clone, Copy)]
-struct Shared<P>(P);
-unsafe impl<P> Send for Shared<P> {}
-unsafe impl<P> Sync for Shared<P> {}
-
-impl<P: Copy> Shared<P> {
-    /// The pointer (a method, so that closures capture the whole `Shared`).
-    fn get(&self) -> P {
-        self.0
-    }
-}
-
 /// Whether the zoo's matrix products use this kernel: on CPUs with AVX2 and FMA but without
 /// AVX-512, and on any AVX2 CPU with `ZOO_ISA=avx2`; where AVX-512 may be used the gemm crate's
 /// AVX-512 kernels run instead. Read once.
@@ -104,11 +91,11 @@ pub unsafe fn sgemm(
     // is the smaller one, packed once per thread, and there is one fork and join per call.
     let split_columns = n >= m;
     let parts = threads.min(if split_columns { n.div_ceil(NR) } else { m.div_ceil(MR) });
-    let (a, b, dst) = (Shared(a), Shared(b), Shared(dst));
+    let product = Product { k, dst, dst_rs, accumulate, a, b, scale };
     let task = |t: usize| {
         let (rows, cols) = if split_columns { (0..m, share(t, parts, n, NR)) } else { (share(t, parts, m, MR), 0..n) };
         // SAFETY: tasks write disjoint tiles of `dst`; the rest as the caller promises.
-        unsafe { block([rows, cols], k, dst.get(), dst_rs, accumulate, a.get(), b.get(), scale) };
+        unsafe { product.block([rows, cols]) };
     };
     if parts > 1 {
         (0..parts).into_par_iter().for_each(task);
@@ -123,10 +110,9 @@ fn share(t: usize, parts: usize, len: usize, unit: usize) -> std::ops::Range<usi
     (t * units / parts * unit).min(len)..((t + 1) * units / parts * unit).min(len)
 }
 
-/// [`sgemm`]'s rows `rows` and columns `cols` of `dst` on this thread.
-#[allow(clippy::too_many_arguments)]
-unsafe fn block(
-    [rows, cols]: [std::ops::Range<usize>; 2],
+/// The arguments of one [`sgemm`] call, shared by its tasks (which write disjoint tiles).
+#[derive(Clone, Copy)]
+struct Product {
     k: usize,
     dst: *mut f32,
     dst_rs: usize,
@@ -134,31 +120,41 @@ unsafe fn block(
     a: Mat<*const f32>,
     b: Mat<*const f32>,
     scale: f32,
-) {
-    for j0 in cols.clone().step_by(NC) {
-        let nc = NC.min(cols.end - j0);
-        let panels = nc.div_ceil(NR);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            let keep = accumulate || p0 > 0;
-            with_buffer(&PACK_B, panels * NR * kc, |packed_b| {
-                for (q, panel) in packed_b.chunks_exact_mut(NR * kc).enumerate() {
-                    unsafe { pack_b(b, p0, j0 + q * NR, kc, nc - q * NR, panel) };
-                }
-                for i0 in rows.clone().step_by(MC) {
-                    let mc = MC.min(rows.end - i0);
-                    with_buffer(&PACK_A, mc.next_multiple_of(MR) * kc, |packed_a| unsafe {
-                        pack_a(a, i0, p0, mc, kc, packed_a);
-                        for (q, panel) in packed_b.chunks_exact(NR * kc).enumerate() {
-                            for r in (0..mc).step_by(MR) {
-                                let c = dst.add((i0 + r) * dst_rs + j0 + q * NR);
-                                let tile = Tile { ptr: c, rs: dst_rs, rows: MR.min(mc - r), cols: NR.min(nc - q * NR) };
-                                kernel(kc, packed_a.as_ptr().add(r * kc), panel.as_ptr(), tile, scale, keep);
+}
+
+unsafe impl Send for Product {}
+unsafe impl Sync for Product {}
+
+impl Product {
+    /// The product's rows `rows` and columns `cols` of `dst`, on this thread.
+    unsafe fn block(&self, [rows, cols]: [std::ops::Range<usize>; 2]) {
+        let Product { k, dst, dst_rs, accumulate, a, b, scale } = *self;
+        for j0 in cols.clone().step_by(NC) {
+            let nc = NC.min(cols.end - j0);
+            let panels = nc.div_ceil(NR);
+            for p0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - p0);
+                let keep = accumulate || p0 > 0;
+                with_buffer(&PACK_B, panels * NR * kc, |packed_b| {
+                    for (q, panel) in packed_b.chunks_exact_mut(NR * kc).enumerate() {
+                        unsafe { pack_b(b, p0, j0 + q * NR, kc, nc - q * NR, panel) };
+                    }
+                    for i0 in rows.clone().step_by(MC) {
+                        let mc = MC.min(rows.end - i0);
+                        with_buffer(&PACK_A, mc.next_multiple_of(MR) * kc, |packed_a| unsafe {
+                            pack_a(a, i0, p0, mc, kc, packed_a);
+                            for (q, panel) in packed_b.chunks_exact(NR * kc).enumerate() {
+                                for r in (0..mc).step_by(MR) {
+                                    let c = dst.add((i0 + r) * dst_rs + j0 + q * NR);
+                                    let tile =
+                                        Tile { ptr: c, rs: dst_rs, rows: MR.min(mc - r), cols: NR.min(nc - q * NR) };
+                                    kernel(kc, packed_a.as_ptr().add(r * kc), panel.as_ptr(), tile, scale, keep);
+                                }
                             }
-                        }
-                    });
-                }
-            });
+                        });
+                    }
+                });
+            }
         }
     }
 }
