@@ -1257,10 +1257,10 @@ impl Head<'_> {
     }
 }
 
-/// Whether the element-wise kernels may use AVX-512: not when `ZOO_ISA=avx2` (see
+/// Whether the zoo's own kernels may use AVX-512: not when `ZOO_ISA=avx2` (see
 /// [`super::isa_from_env`]), read once.
 #[cfg(target_arch = "x86_64")]
-fn avx512_allowed() -> bool {
+pub(super) fn avx512_allowed() -> bool {
     static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ALLOWED.get_or_init(|| super::isa_from_env() != Ok(super::Isa::Avx2))
 }

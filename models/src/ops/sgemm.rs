@@ -30,7 +30,7 @@ pub fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| {
         let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        let avx512 = is_x86_feature_detected!("avx512f") && super::isa_from_env() != Ok(super::Isa::Avx2);
+        let avx512 = is_x86_feature_detected!("avx512f") && super::flex::avx512_allowed();
         avx2 && !avx512
     })
 }
