@@ -161,6 +161,7 @@ impl Product {
 
 /// Packs rows `p0..p0 + kc` and columns `j0..j0 + cols` (at most NR) of `b` into `panel`
 /// (`kc x NR`, row after row), zeros past `cols`.
+#[target_feature(enable = "avx2,fma")]
 unsafe fn pack_b(b: Mat<*const f32>, p0: usize, j0: usize, kc: usize, cols: usize, panel: &mut [f32]) {
     let cols = cols.min(NR);
     let at = |p: usize, j: usize| unsafe { b.ptr.offset((p0 + p) as isize * b.rs + (j0 + j) as isize * b.cs) };
@@ -174,24 +175,37 @@ unsafe fn pack_b(b: Mat<*const f32>, p0: usize, j0: usize, kc: usize, cols: usiz
                 row[cols..].fill(0.0);
             }
         }
-    } else {
-        for j in 0..NR {
-            if j < cols {
-                for p in 0..kc {
-                    panel[p * NR + j] = unsafe { *at(p, j) };
-                }
-            } else {
-                for p in 0..kc {
-                    panel[p * NR + j] = 0.0;
+        return;
+    }
+    // A transposed `b` (its columns contiguous, `b.rs == 1`): eight depths of all sixteen
+    // columns at a time, as two 8 x 8 transposes in registers.
+    let mut p = 0;
+    if b.rs == 1 && cols == NR {
+        use std::arch::x86_64::*;
+        while p + 8 <= kc {
+            let half = |j: usize| unsafe { transpose8(std::array::from_fn(|r| _mm256_loadu_ps(at(p, j + r)))) };
+            let (lo, hi) = (half(0), half(8));
+            for d in 0..8 {
+                unsafe {
+                    _mm256_storeu_ps(panel.as_mut_ptr().add((p + d) * NR), lo[d]);
+                    _mm256_storeu_ps(panel.as_mut_ptr().add((p + d) * NR + 8), hi[d]);
                 }
             }
+            p += 8;
+        }
+    }
+    for p in p..kc {
+        for j in 0..NR {
+            panel[p * NR + j] = if j < cols { unsafe { *at(p, j) } } else { 0.0 };
         }
     }
 }
 
 /// Packs rows `i0..i0 + mc` and columns `p0..p0 + kc` of `a` into panels of MR rows
 /// (`kc x MR` each, column after column), zeros past row `mc`.
+#[target_feature(enable = "avx2,fma")]
 unsafe fn pack_a(a: Mat<*const f32>, i0: usize, p0: usize, mc: usize, kc: usize, packed: &mut [f32]) {
+    use std::arch::x86_64::*;
     let at = |i: usize, p: usize| unsafe { a.ptr.offset((i0 + i) as isize * a.rs + (p0 + p) as isize * a.cs) };
     for (t, panel) in packed.chunks_exact_mut(MR * kc).enumerate() {
         let rows = MR.min(mc - t * MR);
@@ -200,20 +214,58 @@ unsafe fn pack_a(a: Mat<*const f32>, i0: usize, p0: usize, mc: usize, kc: usize,
                 unsafe { std::ptr::copy_nonoverlapping(at(t * MR, p), col.as_mut_ptr(), rows) };
                 col[rows..].fill(0.0);
             }
-        } else {
-            for r in 0..MR {
-                if r < rows {
-                    for p in 0..kc {
-                        panel[p * MR + r] = unsafe { *at(t * MR + r, p) };
-                    }
-                } else {
-                    for p in 0..kc {
-                        panel[p * MR + r] = 0.0;
-                    }
+            continue;
+        }
+        let mut p = 0;
+        if a.cs == 1 && rows == MR {
+            // Row-major `a`: eight depths of the panel's six rows at a time, transposed in
+            // registers (two zero rows pad the 8 x 8), each column stored as its six floats.
+            let six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+            while p + 8 <= kc {
+                let columns = unsafe {
+                    transpose8(std::array::from_fn(|r| {
+                        if r < MR { _mm256_loadu_ps(at(t * MR + r, p)) } else { _mm256_setzero_ps() }
+                    }))
+                };
+                for (d, column) in columns.iter().enumerate() {
+                    unsafe { _mm256_maskstore_ps(panel.as_mut_ptr().add((p + d) * MR), six, *column) };
                 }
+                p += 8;
+            }
+        }
+        for p in p..kc {
+            for r in 0..MR {
+                panel[p * MR + r] = if r < rows { unsafe { *at(t * MR + r, p) } } else { 0.0 };
             }
         }
     }
+}
+
+/// The transpose of the 8 x 8 matrix whose rows are `rows`: element `d` of the result's
+/// vector `r` is element `r` of `rows[d]`.
+#[target_feature(enable = "avx2,fma")]
+fn transpose8(rows: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+    // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves swapped across.
+    let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+    let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+    let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+    let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+    let (u0, u1) = (_mm256_shuffle_ps::<0x44>(t0, t2), _mm256_shuffle_ps::<0xEE>(t0, t2));
+    let (u2, u3) = (_mm256_shuffle_ps::<0x44>(t1, t3), _mm256_shuffle_ps::<0xEE>(t1, t3));
+    let (u4, u5) = (_mm256_shuffle_ps::<0x44>(t4, t6), _mm256_shuffle_ps::<0xEE>(t4, t6));
+    let (u6, u7) = (_mm256_shuffle_ps::<0x44>(t5, t7), _mm256_shuffle_ps::<0xEE>(t5, t7));
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
 }
 
 /// Where a micro-kernel writes: `rows x cols` (at most MR x NR) floats at `ptr`, rows `rs` apart.
