@@ -17,8 +17,8 @@
 //! - `linear`: the bias is written into the output first and the matrix product accumulates
 //!   onto it (no second pass over the output), and products too small for Burn's threading
 //!   threshold still use both cores.
-//! - `gelu`: the exact (erf) GELU as a branch-free rational function the compiler vectorises,
-//!   instead of a scalar `erff` per element.
+//! - `gelu`: the exact (erf) GELU, its Φ from one branch-free erfc (a Chebyshev fit times an
+//!   exponential) that the compiler vectorises, instead of a scalar `erff` per element.
 //! - `conv2d`: a 3x3 convolution as nine matrix products over shifted views of the padded
 //!   image, accumulating into one output, instead of building the im2col matrix, in column
 //!   blocks that stay in cache.

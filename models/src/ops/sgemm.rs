@@ -163,80 +163,70 @@ impl Product {
 /// (`kc x NR`, row after row), zeros past `cols`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack_b(b: Mat<*const f32>, p0: usize, j0: usize, kc: usize, cols: usize, panel: &mut [f32]) {
-    let cols = cols.min(NR);
-    let at = |p: usize, j: usize| unsafe { b.ptr.offset((p0 + p) as isize * b.rs + (j0 + j) as isize * b.cs) };
-    if b.cs == 1 {
-        for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
-            if cols == NR {
-                // A fixed-size copy the compiler inlines (two vector moves, no call).
-                row.copy_from_slice(unsafe { std::slice::from_raw_parts(at(p, 0), NR) });
-            } else {
-                row[..cols].copy_from_slice(unsafe { std::slice::from_raw_parts(at(p, 0), cols) });
-                row[cols..].fill(0.0);
-            }
-        }
-        return;
-    }
-    // A transposed `b` (its columns contiguous, `b.rs == 1`): eight depths of all sixteen
-    // columns at a time, as two 8 x 8 transposes in registers.
-    let mut p = 0;
-    if b.rs == 1 && cols == NR {
-        use std::arch::x86_64::*;
-        while p + 8 <= kc {
-            let half = |j: usize| unsafe { transpose8(std::array::from_fn(|r| _mm256_loadu_ps(at(p, j + r)))) };
-            let (lo, hi) = (half(0), half(8));
-            for d in 0..8 {
-                unsafe {
-                    _mm256_storeu_ps(panel.as_mut_ptr().add((p + d) * NR), lo[d]);
-                    _mm256_storeu_ps(panel.as_mut_ptr().add((p + d) * NR + 8), hi[d]);
-                }
-            }
-            p += 8;
-        }
-    }
-    for p in p..kc {
-        for j in 0..NR {
-            panel[p * NR + j] = if j < cols { unsafe { *at(p, j) } } else { 0.0 };
-        }
-    }
+    let origin = unsafe { b.ptr.offset(p0 as isize * b.rs + j0 as isize * b.cs) };
+    unsafe { pack_panel::<NR>(origin, [b.rs, b.cs], cols.min(NR), kc, panel) };
 }
 
 /// Packs rows `i0..i0 + mc` and columns `p0..p0 + kc` of `a` into panels of MR rows
 /// (`kc x MR` each, column after column), zeros past row `mc`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack_a(a: Mat<*const f32>, i0: usize, p0: usize, mc: usize, kc: usize, packed: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let at = |i: usize, p: usize| unsafe { a.ptr.offset((i0 + i) as isize * a.rs + (p0 + p) as isize * a.cs) };
     for (t, panel) in packed.chunks_exact_mut(MR * kc).enumerate() {
-        let rows = MR.min(mc - t * MR);
-        if a.rs == 1 {
-            for (p, col) in panel.chunks_exact_mut(MR).enumerate() {
-                unsafe { std::ptr::copy_nonoverlapping(at(t * MR, p), col.as_mut_ptr(), rows) };
-                col[rows..].fill(0.0);
+        let origin = unsafe { a.ptr.offset((i0 + t * MR) as isize * a.rs + p0 as isize * a.cs) };
+        unsafe { pack_panel::<MR>(origin, [a.cs, a.rs], MR.min(mc - t * MR), kc, panel) };
+    }
+}
+
+/// Packs `kc` depths of `lanes` (at most `W`) lanes into `panel` (`kc x W`, depth after depth),
+/// zeros past `lanes`, where element `(p, l)` is at `origin + p * sp + l * sl`. Both operands'
+/// panels: `a`'s lanes are its rows (`W = MR`), `b`'s its columns (`W = NR`).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_panel<const W: usize>(
+    origin: *const f32,
+    [sp, sl]: [isize; 2],
+    lanes: usize,
+    kc: usize,
+    panel: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let at = |p: usize, l: usize| unsafe { origin.offset(p as isize * sp + l as isize * sl) };
+    if sl == 1 {
+        // Lanes contiguous: one copy per depth.
+        for (p, row) in panel.chunks_exact_mut(W).enumerate() {
+            if lanes == W {
+                // A fixed-size copy the compiler inlines (vector moves, no call).
+                row.copy_from_slice(unsafe { std::slice::from_raw_parts(at(p, 0), W) });
+            } else {
+                row[..lanes].copy_from_slice(unsafe { std::slice::from_raw_parts(at(p, 0), lanes) });
+                row[lanes..].fill(0.0);
             }
-            continue;
         }
-        let mut p = 0;
-        if a.cs == 1 && rows == MR {
-            // Row-major `a`: eight depths of the panel's six rows at a time, transposed in
-            // registers (two zero rows pad the 8 x 8), each column stored as its six floats.
-            let six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
-            while p + 8 <= kc {
-                let columns = unsafe {
-                    transpose8(std::array::from_fn(|r| {
-                        if r < MR { _mm256_loadu_ps(at(t * MR + r, p)) } else { _mm256_setzero_ps() }
+        return;
+    }
+    let mut p = 0;
+    if sp == 1 {
+        // Depths contiguous (a row-major `a`, a transposed `b`): eight depths of eight lanes at a
+        // time, transposed in registers, lanes past `lanes` loaded as zeros; each depth's lanes
+        // stored under a mask, so that a panel `W = 6` wide is written exactly.
+        while p + 8 <= kc {
+            for g in (0..W).step_by(8) {
+                let depths = unsafe {
+                    transpose8(std::array::from_fn(|l| {
+                        if g + l < lanes { _mm256_loadu_ps(at(p, g + l)) } else { _mm256_setzero_ps() }
                     }))
                 };
-                for (d, column) in columns.iter().enumerate() {
-                    unsafe { _mm256_maskstore_ps(panel.as_mut_ptr().add((p + d) * MR), six, *column) };
+                let width = _mm256_set1_epi32((W - g).min(8) as i32);
+                let mask = _mm256_cmpgt_epi32(width, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                for (d, depth) in depths.iter().enumerate() {
+                    unsafe { _mm256_maskstore_ps(panel.as_mut_ptr().add((p + d) * W + g), mask, *depth) };
                 }
-                p += 8;
             }
+            p += 8;
         }
-        for p in p..kc {
-            for r in 0..MR {
-                panel[p * MR + r] = if r < rows { unsafe { *at(t * MR + r, p) } } else { 0.0 };
-            }
+    }
+    for p in p..kc {
+        for l in 0..W {
+            panel[p * W + l] = if l < lanes { unsafe { *at(p, l) } } else { 0.0 };
         }
     }
 }
