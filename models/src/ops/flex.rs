@@ -1305,11 +1305,11 @@ mod simd {
         let x2 = x * x;
         let mut p = -2.726_142_3e-10f32;
         for c in [2.770_681_4e-8, -2.101_024e-6, -5.692_506_4e-5, -7.349_906e-4, -2.954_6e-3, -1.609_603_3e-2] {
-            p = p * x2 + c;
+            p = p.mul_add(x2, c);
         }
         let mut q = -1.456_607_2e-5f32;
         for c in [-2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2] {
-            q = q * x2 + c;
+            q = q.mul_add(x2, c);
         }
         if saturated { x.signum() } else { x * p / q }
     }
@@ -1331,23 +1331,29 @@ mod simd {
             1.000_023_7,
             -1.265_512_2,
         ] {
-            p = p * t + c;
+            p = p.mul_add(t, c);
         }
-        t * exp(-a * a + p)
+        t * exp((-a).mul_add(a, p))
     }
 
     /// e^x with Cephes' range reduction and polynomial (float32 accuracy); 0 below -87.
     #[inline(always)]
     pub(super) fn exp(x: f32) -> f32 {
         let xc = x.clamp(-87.0, 88.0);
-        let n = (xc * core::f32::consts::LOG2_E + 0.5).floor();
-        let r = xc - n * 0.693_359_4 + n * 2.121_944_4e-4;
+        // n from a NaN-free copy (`max` drops a NaN), so that its conversion below is defined;
+        // a NaN x still comes out NaN through r.
+        let n = xc.max(-87.0).mul_add(core::f32::consts::LOG2_E, 0.5).floor();
+        let r = n.mul_add(2.121_944_4e-4, n.mul_add(-0.693_359_4, xc));
         let mut y = 1.987_569_1e-4f32;
         for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1] {
-            y = y * r + c;
+            y = y.mul_add(r, c);
         }
-        let y = y * r * r + r + 1.0;
-        let scaled = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+        let y = (y * r).mul_add(r, r + 1.0);
+        // n is an integer in [-125, 127], so the unchecked conversion is exact (the checked
+        // `as` saturates, which stops the loops around this from vectorising).
+        // SAFETY: n is finite and in range of i32.
+        let n = unsafe { n.to_int_unchecked::<i32>() };
+        let scaled = y * f32::from_bits(((n + 127) as u32) << 23);
         if x < -87.0 { 0.0 } else { scaled }
     }
 
@@ -1647,6 +1653,7 @@ mod simd {
             assert!(worst.0 < 5e-7, "erf max abs error {}", worst.0);
             assert!(worst.1 < 5e-7, "exp max rel error {}", worst.1);
             assert_eq!(super::exp(-100.0), 0.0);
+            assert!(super::exp(f32::NAN).is_nan() && super::erf(f32::NAN).is_nan());
         }
 
         /// GELU against `x Φ(x)` in float64 over [-12, 12] and in the far tails.
@@ -1656,6 +1663,9 @@ mod simd {
             xs.extend([-100.0, -30.0, 30.0, 100.0]);
             let mut ys = xs.clone();
             super::gelu_in_place(&mut ys);
+            let mut nan = [f32::NAN; 20];
+            super::gelu_in_place(&mut nan);
+            assert!(nan.iter().all(|y| y.is_nan()), "gelu(NaN) = {nan:?}");
             for (&x, &y) in xs.iter().zip(&ys) {
                 let x64 = x as f64;
                 let want = 0.5 * x64 * libm::erfc(-x64 / std::f64::consts::SQRT_2);

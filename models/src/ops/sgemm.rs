@@ -20,6 +20,9 @@ const KC: usize = 256;
 const MC: usize = 144;
 /// Columns of a packed right block (`KC x NC` floats, 4 MiB, stay in L3).
 const NC: usize = 4096;
+/// Floats of a packed right block small enough to stay in L1 beside the left operand's rows
+/// (16 KiB).
+const NARROW_B: usize = 4096;
 
 use super::flex::View as Mat;
 
@@ -141,17 +144,35 @@ impl Product {
                     }
                     for i0 in rows.clone().step_by(MC) {
                         let mc = MC.min(rows.end - i0);
-                        with_buffer(&PACK_A, mc.next_multiple_of(MR) * kc, |packed_a| unsafe {
-                            pack_a(a, i0, p0, mc, kc, packed_a);
-                            for (q, panel) in packed_b.chunks_exact(NR * kc).enumerate() {
-                                for r in (0..mc).step_by(MR) {
-                                    let c = dst.add((i0 + r) * dst_rs + j0 + q * NR);
-                                    let tile =
-                                        Tile { ptr: c, rs: dst_rs, rows: MR.min(mc - r), cols: NR.min(nc - q * NR) };
-                                    kernel(kc, packed_a.as_ptr().add(r * kc), panel.as_ptr(), tile, scale, keep);
+                        // The micro-kernel on row panel r (of MR rows) and column panel q.
+                        let tile = |a_panel: APanel, r: usize, q: usize, panel: &[f32]| {
+                            let c = unsafe { dst.add((i0 + r) * dst_rs + j0 + q * NR) };
+                            let tile = Tile { ptr: c, rs: dst_rs, rows: MR.min(mc - r), cols: NR.min(nc - q * NR) };
+                            unsafe { kernel(kc, a_panel, panel.as_ptr(), tile, scale, keep) };
+                        };
+                        if a.cs == 1 && packed_b.len() <= NARROW_B {
+                            // A narrow `b` (TNT's pixel-level layers: 24 to 96 columns), whose
+                            // packed block stays in L1: each MR rows of a row-major `a` are read
+                            // once, in place, against every column panel in turn, where packing
+                            // them would cost about as much as the products.
+                            for r in (0..mc).step_by(MR) {
+                                let rows = unsafe { a.ptr.offset((i0 + r) as isize * a.rs + p0 as isize) };
+                                for (q, panel) in packed_b.chunks_exact(NR * kc).enumerate() {
+                                    tile(APanel::Rows(rows, a.rs as usize), r, q, panel);
                                 }
                             }
-                        });
+                        } else {
+                            // Column panel after column panel, each (in L1) against the packed
+                            // block of `a` (in L2).
+                            with_buffer(&PACK_A, mc.next_multiple_of(MR) * kc, |packed_a| {
+                                unsafe { pack_a(a, i0, p0, mc, kc, packed_a) };
+                                for (q, panel) in packed_b.chunks_exact(NR * kc).enumerate() {
+                                    for r in (0..mc).step_by(MR) {
+                                        tile(APanel::Packed(unsafe { packed_a.as_ptr().add(r * kc) }), r, q, panel);
+                                    }
+                                }
+                            });
+                        }
                     }
                 });
             }
@@ -206,8 +227,10 @@ unsafe fn pack_panel<const W: usize>(
     let mut p = 0;
     if sp == 1 {
         // Depths contiguous (a row-major `a`, a transposed `b`): eight depths of eight lanes at a
-        // time, transposed in registers, lanes past `lanes` loaded as zeros; each depth's lanes
-        // stored under a mask, so that a panel `W = 6` wide is written exactly.
+        // time, transposed in registers, lanes past `lanes` loaded as zeros. Each depth's eight
+        // lanes are stored whole: in a panel `W = 6` wide the last two spill onto the next
+        // depth's place, which is written after. Only a store that would spill past the panel's
+        // end goes under a mask (masked stores are slow on AMD's cores).
         while p + 8 <= kc {
             for g in (0..W).step_by(8) {
                 let depths = unsafe {
@@ -218,7 +241,12 @@ unsafe fn pack_panel<const W: usize>(
                 let width = _mm256_set1_epi32((W - g).min(8) as i32);
                 let mask = _mm256_cmpgt_epi32(width, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
                 for (d, depth) in depths.iter().enumerate() {
-                    unsafe { _mm256_maskstore_ps(panel.as_mut_ptr().add((p + d) * W + g), mask, *depth) };
+                    let to = (p + d) * W + g;
+                    if to + 8 <= panel.len() {
+                        unsafe { _mm256_storeu_ps(panel.as_mut_ptr().add(to), *depth) };
+                    } else {
+                        unsafe { _mm256_maskstore_ps(panel.as_mut_ptr().add(to), mask, *depth) };
+                    }
                 }
             }
             p += 8;
@@ -266,10 +294,20 @@ struct Tile {
     cols: usize,
 }
 
-/// `tile = scale * a b (+ tile with keep)` for an `MR x kc` packed panel `a` and a `kc x NR`
+/// Where a micro-kernel reads its MR rows of the left operand.
+#[derive(Clone, Copy)]
+enum APanel {
+    /// A packed `kc x MR` panel, depth after depth.
+    Packed(*const f32),
+    /// Rows of a row-major matrix in place, `rs` floats apart; rows past the tile's are not
+    /// read (the last one is read again instead).
+    Rows(*const f32, usize),
+}
+
+/// `tile = scale * a b (+ tile with keep)` for the `MR x kc` left panel `a` and a `kc x NR`
 /// packed panel `b`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, tile: Tile, scale: f32, keep: bool) {
+unsafe fn kernel(kc: usize, a: APanel, b: *const f32, tile: Tile, scale: f32, keep: bool) {
     use std::arch::x86_64::*;
     // The tile's rows are far apart in memory: fetch them while the products run.
     for r in 0..tile.rows {
@@ -278,18 +316,40 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, tile: Tile, scale: f32
             _mm_prefetch::<_MM_HINT_T0>(tile.ptr.add(r * tile.rs + NR - 1) as *const i8);
         }
     }
+    let c = match a {
+        APanel::Packed(a) => unsafe { accumulate(kc, |p, r| a.add(p * MR + r), true, b) },
+        APanel::Rows(a, rs) => {
+            let rows: [*const f32; MR] = std::array::from_fn(|r| unsafe { a.add(r.min(tile.rows - 1) * rs) });
+            unsafe { accumulate(kc, |p, r| rows[r].add(p), false, b) }
+        }
+    };
+    unsafe { store(c, tile, scale, keep) };
+}
+
+/// The MR x NR sums `Σ_p a(p, r) b[p]` in registers, `a(p, r)` the address of row r's depth p.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn accumulate(
+    kc: usize,
+    a: impl Fn(usize, usize) -> *const f32,
+    prefetch_a: bool,
+    b: *const f32,
+) -> [[std::arch::x86_64::__m256; 2]; MR] {
+    use std::arch::x86_64::*;
     let mut c = [[_mm256_setzero_ps(); 2]; MR];
     let step = |c: &mut [[__m256; 2]; MR], p: usize| unsafe {
         let (b0, b1) = (_mm256_loadu_ps(b.add(p * NR)), _mm256_loadu_ps(b.add(p * NR + 8)));
         for (r, acc) in c.iter_mut().enumerate() {
-            let ar = _mm256_broadcast_ss(&*a.add(p * MR + r));
+            let ar = _mm256_broadcast_ss(&*a(p, r));
             acc[0] = _mm256_fmadd_ps(ar, b0, acc[0]);
             acc[1] = _mm256_fmadd_ps(ar, b1, acc[1]);
         }
     };
     let mut p = 0;
     while p + 4 <= kc {
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(a.add(p * MR + 64) as *const i8) };
+        if prefetch_a {
+            _mm_prefetch::<_MM_HINT_T0>(a(p + 10, 4) as *const i8);
+        }
         step(&mut c, p);
         step(&mut c, p + 1);
         step(&mut c, p + 2);
@@ -300,28 +360,29 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, tile: Tile, scale: f32
         step(&mut c, p);
         p += 1;
     }
+    c
+}
+
+/// `tile = scale * c (+ tile with keep)`, whole 8-column halves by vector stores.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn store(c: [[std::arch::x86_64::__m256; 2]; MR], tile: Tile, scale: f32, keep: bool) {
+    use std::arch::x86_64::*;
     let s = _mm256_set1_ps(scale);
-    if tile.rows == MR && tile.cols == NR {
-        for (r, acc) in c.iter().enumerate() {
-            let row = unsafe { tile.ptr.add(r * tile.rs) };
-            for (h, v) in acc.iter().enumerate() {
-                let out = unsafe { row.add(8 * h) };
-                let v = _mm256_mul_ps(*v, s);
+    for (r, acc) in c.iter().enumerate().take(tile.rows) {
+        let row = unsafe { tile.ptr.add(r * tile.rs) };
+        for (h, v) in acc.iter().enumerate() {
+            let (out, v) = (unsafe { row.add(8 * h) }, _mm256_mul_ps(*v, s));
+            if tile.cols >= 8 * (h + 1) {
                 let v = if keep { _mm256_add_ps(v, unsafe { _mm256_loadu_ps(out) }) } else { v };
                 unsafe { _mm256_storeu_ps(out, v) };
-            }
-        }
-    } else {
-        let mut buf = [0.0f32; MR * NR];
-        for (r, acc) in c.iter().enumerate() {
-            for (h, v) in acc.iter().enumerate() {
-                unsafe { _mm256_storeu_ps(buf.as_mut_ptr().add(r * NR + 8 * h), _mm256_mul_ps(*v, s)) };
-            }
-        }
-        for r in 0..tile.rows {
-            let row = unsafe { std::slice::from_raw_parts_mut(tile.ptr.add(r * tile.rs), tile.cols) };
-            for (out, v) in row.iter_mut().zip(&buf[r * NR..]) {
-                *out = if keep { *out + v } else { *v };
+            } else if tile.cols > 8 * h {
+                let mut buf = [0.0f32; 8];
+                unsafe { _mm256_storeu_ps(buf.as_mut_ptr(), v) };
+                let out = unsafe { std::slice::from_raw_parts_mut(out, tile.cols - 8 * h) };
+                for (o, v) in out.iter_mut().zip(buf) {
+                    *o = if keep { *o + v } else { v };
+                }
             }
         }
     }
@@ -339,7 +400,7 @@ mod tests {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
             return;
         }
-        for [m, k, n] in [[1, 1, 1], [7, 3, 17], [13, 300, 35], [197, 513, 47], [40, 64, 4200], [5, 700, 33]] {
+        for [m, k, n] in [[1, 1, 1], [7, 3, 17], [13, 300, 35], [197, 513, 47], [40, 64, 4200], [5, 700, 33], [50, 96, 24]] {
             let a: Vec<f32> = (0..m * k).map(|i| (i * 7 % 13) as f32 * 0.1 - 0.6).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i * 5 % 11) as f32 * 0.1 - 0.5).collect();
             let init: Vec<f32> = (0..m * n).map(|i| (i % 3) as f32).collect();
