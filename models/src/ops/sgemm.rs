@@ -400,7 +400,9 @@ mod tests {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
             return;
         }
-        for [m, k, n] in [[1, 1, 1], [7, 3, 17], [13, 300, 35], [197, 513, 47], [40, 64, 4200], [5, 700, 33], [50, 96, 24]] {
+        for [m, k, n] in
+            [[1, 1, 1], [7, 3, 17], [13, 300, 35], [197, 513, 47], [40, 64, 4200], [5, 700, 33], [50, 96, 24]]
+        {
             let a: Vec<f32> = (0..m * k).map(|i| (i * 7 % 13) as f32 * 0.1 - 0.6).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i * 5 % 11) as f32 * 0.1 - 0.5).collect();
             let init: Vec<f32> = (0..m * n).map(|i| (i % 3) as f32).collect();
