@@ -145,7 +145,7 @@ impl Product {
                     for i0 in rows.clone().step_by(MC) {
                         let mc = MC.min(rows.end - i0);
                         // The micro-kernel on row panel r (of MR rows) and column panel q.
-                        let tile = |a_panel: APanel, r: usize, q: usize, panel: &[f32]| {
+                        let run = |a_panel: APanel, r: usize, q: usize, panel: &[f32]| {
                             let c = unsafe { dst.add((i0 + r) * dst_rs + j0 + q * NR) };
                             let tile = Tile { ptr: c, rs: dst_rs, rows: MR.min(mc - r), cols: NR.min(nc - q * NR) };
                             unsafe { kernel(kc, a_panel, panel.as_ptr(), tile, scale, keep) };
@@ -158,7 +158,7 @@ impl Product {
                             for r in (0..mc).step_by(MR) {
                                 let rows = unsafe { a.ptr.offset((i0 + r) as isize * a.rs + p0 as isize) };
                                 for (q, panel) in packed_b.chunks_exact(NR * kc).enumerate() {
-                                    tile(APanel::Rows(rows, a.rs as usize), r, q, panel);
+                                    run(APanel::Rows(rows, a.rs), r, q, panel);
                                 }
                             }
                         } else {
@@ -168,7 +168,7 @@ impl Product {
                                 unsafe { pack_a(a, i0, p0, mc, kc, packed_a) };
                                 for (q, panel) in packed_b.chunks_exact(NR * kc).enumerate() {
                                     for r in (0..mc).step_by(MR) {
-                                        tile(APanel::Packed(unsafe { packed_a.as_ptr().add(r * kc) }), r, q, panel);
+                                        run(APanel::Packed(unsafe { packed_a.as_ptr().add(r * kc) }), r, q, panel);
                                     }
                                 }
                             });
@@ -299,9 +299,9 @@ struct Tile {
 enum APanel {
     /// A packed `kc x MR` panel, depth after depth.
     Packed(*const f32),
-    /// Rows of a row-major matrix in place, `rs` floats apart; rows past the tile's are not
-    /// read (the last one is read again instead).
-    Rows(*const f32, usize),
+    /// Rows of a row-major matrix in place, `rs` floats apart (either way, as the view's row
+    /// stride); rows past the tile's are not read (the last one is read again instead).
+    Rows(*const f32, isize),
 }
 
 /// `tile = scale * a b (+ tile with keep)` for the `MR x kc` left panel `a` and a `kc x NR`
@@ -319,7 +319,8 @@ unsafe fn kernel(kc: usize, a: APanel, b: *const f32, tile: Tile, scale: f32, ke
     let c = match a {
         APanel::Packed(a) => unsafe { accumulate(kc, |p, r| a.add(p * MR + r), true, b) },
         APanel::Rows(a, rs) => {
-            let rows: [*const f32; MR] = std::array::from_fn(|r| unsafe { a.add(r.min(tile.rows - 1) * rs) });
+            let rows: [*const f32; MR] =
+                std::array::from_fn(|r| unsafe { a.offset(r.min(tile.rows - 1) as isize * rs) });
             unsafe { accumulate(kc, |p, r| rows[r].add(p), false, b) }
         }
     };
