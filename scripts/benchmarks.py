@@ -156,6 +156,7 @@ def main():
     p.add_argument("--rounds", type=int, default=5,
                    help="inference cases alternate PyTorch and zoo this many times (the median round counts), "
                         "so that a slow spell of the machine does not fall on one side only")
+    p.add_argument("--train-rounds", type=int, default=3, help="the same for training steps")
     p.add_argument("--only", default="", help="run only the cases whose label contains this (no file written)")
     p.add_argument("--out", default="BENCHMARKS.md")
     p.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"], help="where PyTorch runs")
@@ -175,7 +176,7 @@ def main():
         if args.only and args.only not in label:
             continue
         iters = args.train_iters if train else args.iters
-        rounds = 1 if train else args.rounds
+        rounds = args.train_rounds if train else args.rounds
         theirs_by_round, ours_by_round, torch_rss = [], {d: [] for d in devices}, []
         for _ in range(rounds):
             ips, rss, capability = torch_bench_process(kind, batch, train, args.warmup, iters, args.torch_device,
@@ -227,8 +228,9 @@ def main():
              f"the zoo in "
              f"{args.precision}; "
              f"{args.warmup} warm-up iteration, then the median of {args.iters} timed iterations for inference and "
-             f"of {args.train_iters} for a training step, the same for both; each inference case alternates "
-             f"PyTorch and the zoo {args.rounds} times and reports the median round. Ratio = zoo / PyTorch "
+             f"of {args.train_iters} for a training step, the same for both; each case alternates PyTorch and the "
+             f"zoo, {args.rounds} times for inference and {args.train_rounds} for a training step, and reports the "
+             "median round. Ratio = zoo / PyTorch "
              "images per second (above 1: the zoo is faster). Peak RSS: the largest of the case's processes on "
              "each side; RSS ratio = zoo / PyTorch (below 1: the zoo takes less). Random weights; speed does not "
              "depend on them.\n\n"

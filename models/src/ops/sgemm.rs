@@ -23,6 +23,9 @@ const NC: usize = 4096;
 /// Floats of a packed right block small enough to stay in L1 beside the left operand's rows
 /// (16 KiB).
 const NARROW_B: usize = 4096;
+/// Rows of `a` up to which its block is packed whole (at most 234 KiB, in L2 beside `b`'s
+/// panel) and `b` panel by panel.
+const FEW_ROWS: usize = 234;
 
 use super::flex::View as Mat;
 
@@ -138,19 +141,55 @@ impl Product {
             for p0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - p0);
                 let keep = accumulate || p0 > 0;
+                // The micro-kernel on rows i0 + r (MR of them, of a block of mc) and column
+                // panel q.
+                let run = |a_panel: APanel, [i0, mc, r]: [usize; 3], q: usize, panel: &[f32]| {
+                    let c = unsafe { dst.add((i0 + r) * dst_rs + j0 + q * NR) };
+                    let tile = Tile { ptr: c, rs: dst_rs, rows: MR.min(mc - r), cols: NR.min(nc - q * NR) };
+                    unsafe { kernel(kc, a_panel, panel.as_ptr(), tile, scale, keep) };
+                };
+                let pack_b_panel =
+                    |q: usize, panel: &mut [f32]| unsafe { pack_b(b, p0, j0 + q * NR, kc, nc - q * NR, panel) };
+                let narrow = a.cs == 1 && panels * NR * kc <= NARROW_B;
+                if !narrow && rows.len() <= FEW_ROWS {
+                    // Few rows (a ViT's tokens at batch 1): `a`'s block packed whole (in L2),
+                    // each column panel of `b` packed just before its products (into L1), so
+                    // that reading `b` from memory overlaps the products instead of preceding
+                    // them, and each panel is read once.
+                    let (i0, mc) = (rows.start, rows.len());
+                    with_buffer(&PACK_A, mc.next_multiple_of(MR) * kc, |packed_a| {
+                        unsafe { pack_a(a, i0, p0, mc, kc, packed_a) };
+                        with_buffer(&PACK_B, NR * kc, |panel| {
+                            let row_panels = mc.div_ceil(MR);
+                            for q in 0..panels {
+                                pack_b_panel(q, panel);
+                                for (t, r) in (0..mc).step_by(MR).enumerate() {
+                                    if q + 1 < panels {
+                                        // The next panel's share of `b`, on its way to L1.
+                                        let cols = j0 + (q + 1) * NR..(j0 + (q + 2) * NR).min(cols.end);
+                                        let part = share(t, row_panels, kc, 1);
+                                        let depths = p0 + part.start..p0 + part.end;
+                                        unsafe { prefetch(b, depths, cols) };
+                                    }
+                                    run(
+                                        APanel::Packed(unsafe { packed_a.as_ptr().add(r * kc) }),
+                                        [i0, mc, r],
+                                        q,
+                                        panel,
+                                    );
+                                }
+                            }
+                        });
+                    });
+                    continue;
+                }
                 with_buffer(&PACK_B, panels * NR * kc, |packed_b| {
                     for (q, panel) in packed_b.chunks_exact_mut(NR * kc).enumerate() {
-                        unsafe { pack_b(b, p0, j0 + q * NR, kc, nc - q * NR, panel) };
+                        pack_b_panel(q, panel);
                     }
                     for i0 in rows.clone().step_by(MC) {
                         let mc = MC.min(rows.end - i0);
-                        // The micro-kernel on row panel r (of MR rows) and column panel q.
-                        let run = |a_panel: APanel, r: usize, q: usize, panel: &[f32]| {
-                            let c = unsafe { dst.add((i0 + r) * dst_rs + j0 + q * NR) };
-                            let tile = Tile { ptr: c, rs: dst_rs, rows: MR.min(mc - r), cols: NR.min(nc - q * NR) };
-                            unsafe { kernel(kc, a_panel, panel.as_ptr(), tile, scale, keep) };
-                        };
-                        if a.cs == 1 && packed_b.len() <= NARROW_B {
+                        if narrow {
                             // A narrow `b` (TNT's pixel-level layers: 24 to 96 columns), whose
                             // packed block stays in L1: each MR rows of a row-major `a` are read
                             // once, in place, against every column panel in turn, where packing
@@ -158,7 +197,7 @@ impl Product {
                             for r in (0..mc).step_by(MR) {
                                 let rows = unsafe { a.ptr.offset((i0 + r) as isize * a.rs + p0 as isize) };
                                 for (q, panel) in packed_b.chunks_exact(NR * kc).enumerate() {
-                                    run(APanel::Rows(rows, a.rs), r, q, panel);
+                                    run(APanel::Rows(rows, a.rs), [i0, mc, r], q, panel);
                                 }
                             }
                         } else {
@@ -168,7 +207,8 @@ impl Product {
                                 unsafe { pack_a(a, i0, p0, mc, kc, packed_a) };
                                 for (q, panel) in packed_b.chunks_exact(NR * kc).enumerate() {
                                     for r in (0..mc).step_by(MR) {
-                                        run(APanel::Packed(unsafe { packed_a.as_ptr().add(r * kc) }), r, q, panel);
+                                        let a_panel = APanel::Packed(unsafe { packed_a.as_ptr().add(r * kc) });
+                                        run(a_panel, [i0, mc, r], q, panel);
                                     }
                                 }
                             });
@@ -176,6 +216,29 @@ impl Product {
                     }
                 });
             }
+        }
+    }
+}
+
+/// Fetches rows `depths` and columns `cols` of `b` into L1, a cache line at a time.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn prefetch(b: Mat<*const f32>, depths: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+    use std::arch::x86_64::*;
+    let at = |p: usize, j: usize| unsafe { b.ptr.offset(p as isize * b.rs + j as isize * b.cs) as *const i8 };
+    if depths.is_empty() {
+        return;
+    }
+    if b.cs == 1 {
+        for p in depths {
+            _mm_prefetch::<_MM_HINT_T0>(at(p, cols.start));
+            _mm_prefetch::<_MM_HINT_T0>(at(p, cols.end - 1));
+        }
+    } else if b.rs == 1 {
+        for j in cols {
+            for p in depths.clone().step_by(16) {
+                _mm_prefetch::<_MM_HINT_T0>(at(p, j));
+            }
+            _mm_prefetch::<_MM_HINT_T0>(at(depths.end - 1, j));
         }
     }
 }
