@@ -220,7 +220,8 @@ impl Product {
     }
 }
 
-/// Fetches rows `depths` and columns `cols` of `b` into L1, a cache line at a time.
+/// Fetches rows `depths` and columns `cols` of `b` into L1, a cache line at a time, where `b` has
+/// a unit stride either way (any other layout is left to the hardware's prefetchers).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn prefetch(b: Mat<*const f32>, depths: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
     use std::arch::x86_64::*;
