@@ -20,6 +20,14 @@ pub enum GlobalPool {
 }
 
 impl GlobalPool {
+    /// How many leading tokens [`GlobalPool::pool`] reads, if not all of them.
+    pub fn rows_read(self) -> Option<usize> {
+        match self {
+            GlobalPool::Token => Some(1),
+            GlobalPool::Avg => None,
+        }
+    }
+
     /// `[B, 1 + N, D]` -> `[B, D]`.
     pub fn pool(self, tokens: Tensor<3>) -> Tensor<2> {
         let [b, n, d] = tokens.dims();
@@ -28,6 +36,12 @@ impl GlobalPool {
             GlobalPool::Avg => tokens.slice(s![.., 1..n]).mean_dim(1).reshape([b, d]),
         }
     }
+}
+
+/// The first `rows` tokens of `x` `[B, N, D]` (`x` itself when that is all of them, so that no
+/// slice enters the autodiff graph).
+pub fn first_rows(x: Tensor<3>, rows: usize) -> Tensor<3> {
+    if rows == x.dims()[1] { x } else { x.slice(s![.., 0..rows]) }
 }
 
 /// Defaults of the model configs' fields (serde needs them as functions).

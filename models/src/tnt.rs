@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::common::{
-    GlobalPool, check_depth_classes_eps, check_heads, check_input, check_mlp_ratio, defaults, mlp_hidden,
+    GlobalPool, check_depth_classes_eps, check_heads, check_input, check_mlp_ratio, defaults, first_rows, mlp_hidden,
 };
 use crate::import::{Checkpoint, Tensors};
 use crate::layers::{Mlp, timm_init, timm_linear};
@@ -141,10 +141,11 @@ pub struct TntAttention {
 }
 
 impl TntAttention {
-    pub fn forward(&self, x: Tensor<3>, record: Record) -> Tensor<3> {
+    /// The outputs of the first `rows` tokens, every token a key and a value.
+    pub fn forward(&self, x: Tensor<3>, rows: usize, record: Record) -> Tensor<3> {
         let [_, _, d] = x.dims();
         let qk = linear(&self.qk, x.clone());
-        let q = qk.clone().slice(s![.., .., 0..d]);
+        let q = first_rows(qk.clone(), rows).slice(s![.., .., 0..d]);
         let k = qk.slice(s![.., .., d..2 * d]);
         linear(&self.proj, attend((q, k, linear(&self.v, x), None), self.num_heads, record))
     }
@@ -189,16 +190,20 @@ pub struct TntBlock {
 }
 
 impl TntBlock {
-    /// With `maps`, the inner attention's probabilities are recorded as `inner_attn`
+    /// The new pixel tokens and the first `rows` patch tokens (all of them: `1 + patches`). With
+    /// `maps`, the inner attention's probabilities are recorded as `inner_attn`
     /// (`[B * patches, heads, pixels, pixels]`), the outer one's as `attn`.
     pub fn forward(
         &self,
         pixels: Tensor<3>,
         patches: Tensor<3>,
+        rows: usize,
         maps: Option<&AttentionMaps>,
     ) -> (Tensor<3>, Tensor<3>) {
-        let pixels =
-            pixels.clone() + self.attn_in.forward(layer_norm(&self.norm_in, pixels), maps.map(|m| (m, "inner_attn")));
+        let np = pixels.dims()[1];
+        let inner =
+            self.attn_in.forward(layer_norm(&self.norm_in, pixels.clone()), np, maps.map(|m| (m, "inner_attn")));
+        let pixels = pixels + inner;
         let pixels = pixels.clone() + self.mlp_in.forward(layer_norm(&self.norm_mlp_in, pixels));
         let [b, n, d] = patches.dims();
         let flat = pixels.clone().reshape([b, n - 1, pixels.dims()[1] * pixels.dims()[2]]);
@@ -206,8 +211,9 @@ impl TntBlock {
         // The class token (index 0) receives nothing from the pixels.
         let link = Tensor::cat(vec![Tensor::zeros([b, 1, d], &link.device()), link], 1);
         let patches = patches + link;
-        let patches =
-            patches.clone() + self.attn_out.forward(layer_norm(&self.norm_out, patches), maps.map(|m| (m, "attn")));
+        let attended =
+            self.attn_out.forward(layer_norm(&self.norm_out, patches.clone()), rows, maps.map(|m| (m, "attn")));
+        let patches = first_rows(patches, rows) + attended;
         let patches = patches.clone() + self.mlp.forward(layer_norm(&self.norm_mlp, patches));
         (pixels, patches)
     }
@@ -251,6 +257,12 @@ impl Tnt {
     /// [`Tnt::forward_features`], recording every block's attention probabilities in `maps`
     /// (`attn` for the outer, `inner_attn` for the inner transformer) when given.
     pub fn forward_features_recording(&self, images: Tensor<4>, maps: Option<&AttentionMaps>) -> Tensor<3> {
+        self.features(images, None, maps)
+    }
+
+    /// The patch tokens after the final norm; with `last_rows`, the last block computes only
+    /// the first `last_rows` of them.
+    fn features(&self, images: Tensor<4>, last_rows: Option<usize>, maps: Option<&AttentionMaps>) -> Tensor<3> {
         let b = images.dims()[0];
         let mut pixels = self.pixel_embed.forward(images, self.pixel_pos.val());
         let [bn, np, di] = pixels.dims();
@@ -260,8 +272,9 @@ impl Tnt {
         let d = patches.dims()[2];
         let cls = self.cls_token.val().expand([b, 1, d]);
         let mut patches = Tensor::cat(vec![cls, patches], 1) + self.patch_pos.val();
-        for block in &self.blocks {
-            (pixels, patches) = block.forward(pixels, patches, maps);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let rows = if i + 1 == self.blocks.len() { last_rows.unwrap_or(n + 1) } else { n + 1 };
+            (pixels, patches) = block.forward(pixels, patches, rows, maps);
         }
         layer_norm(&self.norm, patches)
     }
@@ -273,9 +286,11 @@ impl Tnt {
         if pre_logits { pooled } else { linear(&self.head, pooled) }
     }
 
-    /// Class logits `[B, num_classes]` for normalised images `[B, C, H, W]`.
+    /// Class logits `[B, num_classes]` for normalised images `[B, C, H, W]`: timm's, except that
+    /// the last block's outer transformer computes only the tokens the pooling reads (as
+    /// [`crate::vit::Vit::forward`]).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(images), false)
+        self.forward_head(self.features(images, self.global_pool.rows_read(), None), false)
     }
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::common::{
-    GlobalPool, check_depth_classes_eps, check_heads, check_input, check_mlp_ratio, defaults, mlp_hidden,
+    GlobalPool, check_depth_classes_eps, check_heads, check_input, check_mlp_ratio, defaults, first_rows, mlp_hidden,
 };
 use crate::import::{Checkpoint, Tensors};
 use crate::layers::{Mlp, timm_init, timm_linear};
@@ -127,11 +127,12 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// With `maps`, the probabilities are recorded as `attn`.
-    pub fn forward(&self, x: Tensor<3>, maps: Option<&AttentionMaps>) -> Tensor<3> {
+    /// The outputs of the first `rows` tokens, every token a key and a value. With `maps`, the
+    /// probabilities are recorded as `attn`.
+    pub fn forward(&self, x: Tensor<3>, rows: usize, maps: Option<&AttentionMaps>) -> Tensor<3> {
         let [_, _, d] = x.dims();
         let qkv = linear(&self.qkv, x);
-        let q = qkv.clone().slice(s![.., .., 0..d]);
+        let q = first_rows(qkv.clone(), rows).slice(s![.., .., 0..d]);
         let k = qkv.clone().slice(s![.., .., d..2 * d]);
         let v = qkv.slice(s![.., .., 2 * d..3 * d]);
         linear(&self.proj, attend((q, k, v, None), self.num_heads, maps.map(|m| (m, "attn"))))
@@ -148,8 +149,9 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn forward(&self, x: Tensor<3>, maps: Option<&AttentionMaps>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(layer_norm(&self.norm1, x), maps);
+    /// The block's output for the first `rows` tokens (all of them: `x.dims()[1]`).
+    pub fn forward(&self, x: Tensor<3>, rows: usize, maps: Option<&AttentionMaps>) -> Tensor<3> {
+        let x = first_rows(x.clone(), rows) + self.attn.forward(layer_norm(&self.norm1, x), rows, maps);
         x.clone() + self.mlp.forward(layer_norm(&self.norm2, x))
     }
 }
@@ -189,12 +191,19 @@ impl Vit {
     /// [`Vit::forward_features`], recording every block's attention probabilities in `maps`
     /// (`attn`, `[B, heads, 1 + N, 1 + N]`) when given.
     pub fn forward_features_recording(&self, images: Tensor<4>, maps: Option<&AttentionMaps>) -> Tensor<3> {
+        self.features(images, None, maps)
+    }
+
+    /// The tokens after the final norm; with `last_rows`, the last block computes only the
+    /// first `last_rows` of them.
+    fn features(&self, images: Tensor<4>, last_rows: Option<usize>, maps: Option<&AttentionMaps>) -> Tensor<3> {
         let patches = self.patch_embed.forward(images);
-        let [b, _, d] = patches.dims();
+        let [b, n, d] = patches.dims();
         let cls = self.cls_token.val().expand([b, 1, d]);
         let mut x = Tensor::cat(vec![cls, patches], 1) + self.pos_embed.val();
-        for block in &self.blocks {
-            x = block.forward(x, maps);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let rows = if i + 1 == self.blocks.len() { last_rows.unwrap_or(n + 1) } else { n + 1 };
+            x = block.forward(x, rows, maps);
         }
         match &self.norm {
             Some(norm) => layer_norm(norm, x),
@@ -214,9 +223,12 @@ impl Vit {
         if pre_logits { pooled } else { linear(&self.head, pooled) }
     }
 
-    /// Class logits `[B, num_classes]` for normalised images `[B, C, H, W]`.
+    /// Class logits `[B, num_classes]` for normalised images `[B, C, H, W]`: timm's, except that
+    /// the last block computes only the tokens the pooling reads (with `token` pooling, the class
+    /// token: the others would be discarded; it still attends to all of them). For ViT-B/16
+    /// that skips 6% of the multiply-adds.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(images), false)
+        self.forward_head(self.features(images, self.global_pool.rows_read(), None), false)
     }
 }
 
