@@ -83,7 +83,7 @@ fn view<P>(ptr: P, rs: usize, cs: usize) -> View<P> {
 }
 
 /// `dst = scale * lhs rhs`, or `dst += scale * lhs rhs` with `accumulate`, for `[m, k] x [k, n]`
-/// (`shape = [m, n, k]`): by the zoo's AVX2 kernel ([`super::sgemm`]) where it is enabled and
+/// (`shape = [m, n, k]`; without `accumulate`, `dst` is only written): by the zoo's AVX2 kernel ([`super::sgemm`]) where it is enabled and
 /// `dst` has unit column stride, else by the gemm crate.
 ///
 /// # Safety
@@ -97,6 +97,18 @@ unsafe fn matmul(
     scale: f32,
     parallelism: gemm::Parallelism,
 ) {
+    if k == 0 {
+        // An empty sum: `dst` stays or becomes zero (it may be uninitialised, see
+        // `overwritten`).
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    unsafe { *dst.ptr.offset(i as isize * dst.rs + j as isize * dst.cs) = 0.0 };
+                }
+            }
+        }
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if dst.cs == 1 && dst.rs >= 0 && super::sgemm::enabled() {
         let threaded = !matches!(parallelism, gemm::Parallelism::None);
@@ -151,33 +163,68 @@ fn linear_kernel(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>)
     let dims = x.layout().shape().to_vec();
     let [k, n] = [weight.layout().shape()[0], weight.layout().shape()[1]];
     let m = dims[..dims.len() - 1].iter().product::<usize>();
-    let mut out = match bias {
+    let threads = parallel(m * n * k);
+    let product = |out: *mut f32, accumulate: bool| {
+        // SAFETY: `out` is `[m, n]`; the views are of live tensors of the shapes passed.
+        unsafe {
+            matmul(
+                [m, n, k],
+                view(out, n, 1),
+                accumulate,
+                rows(x, m, k).view(),
+                Matrix::new(weight).view(),
+                1.0,
+                threads,
+            )
+        }
+    };
+    let out = match bias {
         Some(b) => {
             let b = b.to_contiguous();
             let b = &b.storage::<f32>()[b.layout().start_offset()..][..n];
-            let mut out = Vec::with_capacity(m * n);
-            for _ in 0..m {
-                out.extend_from_slice(b);
-            }
+            let mut out = overwritten(m * n, |out| {
+                let out = SharedMut(out);
+                (0..m).into_par_iter().with_min_len((CHUNK / n).max(1)).for_each(|i| {
+                    // SAFETY: `out` holds `m` rows of `n` floats; each task writes its own row.
+                    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), out.at(i * n), n) }
+                });
+            });
+            product(out.as_mut_ptr(), true);
             out
         }
-        None => vec![0.0; m * n],
-    };
-    // SAFETY: `out` is `[m, n]`; the views are of live tensors of the shapes passed.
-    unsafe {
-        matmul(
-            [m, n, k],
-            view(out.as_mut_ptr(), n, 1),
-            true,
-            rows(x, m, k).view(),
-            Matrix::new(weight).view(),
-            1.0,
-            parallel(m * n * k),
-        )
+        None => overwritten(m * n, |out| product(out, false)),
     };
     let mut shape = dims;
     *shape.last_mut().expect("x has dimensions") = n;
     FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+/// `len` floats not yet written, for a caller that writes every one before anything reads it (as
+/// a product that does not accumulate does): zeroing them first would be a pass over memory for
+/// nothing.
+fn unwritten(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
+    let mut buf = Vec::with_capacity(len);
+    // SAFETY: `MaybeUninit` elements need no initialisation.
+    unsafe { buf.set_len(len) };
+    buf
+}
+
+/// The floats of an [`unwritten`] buffer.
+///
+/// # Safety
+/// Every element has been written.
+unsafe fn written(buf: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
+    let mut buf = std::mem::ManuallyDrop::new(buf);
+    // SAFETY: same allocation, length and capacity; the elements are initialised.
+    unsafe { Vec::from_raw_parts(buf.as_mut_ptr().cast(), buf.len(), buf.capacity()) }
+}
+
+/// A buffer of `len` floats that `write` fills whole through its pointer.
+fn overwritten(len: usize, write: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut buf = unwritten(len);
+    write(buf.as_mut_ptr().cast());
+    // SAFETY: `write` wrote all `len` elements.
+    unsafe { written(buf) }
 }
 
 fn parallel(macs: usize) -> gemm::Parallelism {
@@ -324,17 +371,19 @@ pub(super) mod kernels {
         let dy_rows = view(dys.as_ptr(), n, 1);
         let threads = parallel(m * n * k);
         let dx = want_x.then(|| {
-            let mut dx = vec![0.0f32; m * k];
             let w_t = Matrix::new(weight).transposed();
             // SAFETY: `dx` is `[m, k]`, `dy` `[m, n]`, `W^T` `[n, k]`.
-            unsafe { matmul([m, k, n], view(dx.as_mut_ptr(), k, 1), false, dy_rows, w_t.view(), 1.0, threads) };
+            let dx = overwritten(m * k, |dx| unsafe {
+                matmul([m, k, n], view(dx, k, 1), false, dy_rows, w_t.view(), 1.0, threads)
+            });
             shaped_like(dx, x)
         });
         let dweight = want_weight.then(|| {
-            let mut dw = vec![0.0f32; k * n];
             let x_t = rows(x, m, k).transposed();
             // SAFETY: `dW` is `[k, n]`, `x^T` `[k, m]`, `dy` `[m, n]`.
-            unsafe { matmul([k, n, m], view(dw.as_mut_ptr(), n, 1), false, x_t.view(), dy_rows, 1.0, threads) };
+            let dw = overwritten(k * n, |dw| unsafe {
+                matmul([k, n, m], view(dw, n, 1), false, x_t.view(), dy_rows, 1.0, threads)
+            });
             shaped_like(dw, weight)
         });
         let dbias = want_bias.then(|| {
@@ -545,7 +594,8 @@ pub(super) mod kernels {
         let (ps, gs) = (elements(p), elements(g));
         let moments = moments.map(|(m, v)| (elements(m), elements(v)));
         let n = ps.len();
-        let (mut p_new, mut m_new, mut v_new) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+        let mut outs = [unwritten(n), unwritten(n), unwritten(n)];
+        let ptrs = outs.each_mut().map(|out| SharedMut(out.as_mut_ptr().cast()));
         let t = step.time as i32;
         let scalars = simd::AdamW {
             beta_1: step.beta_1,
@@ -556,15 +606,17 @@ pub(super) mod kernels {
             decay: (1.0 - step.lr * step.weight_decay as f64) as f32,
             lr: step.lr as f32,
         };
-        p_new
-            .par_chunks_mut(CHUNK)
-            .zip(m_new.par_chunks_mut(CHUNK).zip(v_new.par_chunks_mut(CHUNK)))
-            .enumerate()
-            .for_each(|(i, (p_out, (m_out, v_out)))| {
-                let range = i * CHUNK..(i * CHUNK + p_out.len());
-                let old = moments.as_ref().map(|(m, v)| (&m[range.clone()], &v[range.clone()]));
-                simd::adamw((&ps[range.clone()], &gs[range], old, [p_out, m_out, v_out], &scalars));
-            });
+        (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|i| {
+            let range = i * CHUNK..((i + 1) * CHUNK).min(n);
+            // SAFETY: each task has its own range of the three buffers and writes it whole before
+            // anything reads it.
+            let [p_out, m_out, v_out] =
+                ptrs.map(|out| unsafe { std::slice::from_raw_parts_mut(out.at(range.start), range.len()) });
+            let old = moments.as_ref().map(|(m, v)| (&m[range.clone()], &v[range.clone()]));
+            simd::adamw((&ps[range.clone()], &gs[range], old, [p_out, m_out, v_out], &scalars));
+        });
+        // SAFETY: the tasks wrote every element of the three.
+        let [p_new, m_new, v_new] = outs.map(|out| unsafe { written(out) });
         (p_new, m_new, v_new)
     }
 
