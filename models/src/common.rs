@@ -44,6 +44,12 @@ pub fn first_rows(x: Tensor<3>, rows: usize) -> Tensor<3> {
     if rows == x.dims()[1] { x } else { x.slice(s![.., 0..rows]) }
 }
 
+/// How many of `tokens` block `i` of `depth` computes: all of them, but only the first
+/// `last_rows` in the last block when given.
+pub fn block_rows(i: usize, depth: usize, tokens: usize, last_rows: Option<usize>) -> usize {
+    if i + 1 == depth { last_rows.unwrap_or(tokens) } else { tokens }
+}
+
 /// Defaults of the model configs' fields (serde needs them as functions).
 pub(crate) mod defaults {
     use super::GlobalPool;

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::common::{
-    GlobalPool, check_depth_classes_eps, check_heads, check_input, check_mlp_ratio, defaults, first_rows, mlp_hidden,
+    GlobalPool, block_rows, check_depth_classes_eps, check_heads, check_input, check_mlp_ratio, defaults, first_rows,
+    mlp_hidden,
 };
 use crate::import::{Checkpoint, Tensors};
 use crate::layers::{Mlp, timm_init, timm_linear};
@@ -273,8 +274,8 @@ impl Tnt {
         let cls = self.cls_token.val().expand([b, 1, d]);
         let mut patches = Tensor::cat(vec![cls, patches], 1) + self.patch_pos.val();
         for (i, block) in self.blocks.iter().enumerate() {
-            let rows = if i + 1 == self.blocks.len() { last_rows.unwrap_or(n + 1) } else { n + 1 };
-            (pixels, patches) = block.forward(pixels, patches, rows, maps);
+            (pixels, patches) =
+                block.forward(pixels, patches, block_rows(i, self.blocks.len(), n + 1, last_rows), maps);
         }
         layer_norm(&self.norm, patches)
     }

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::common::{
-    GlobalPool, check_depth_classes_eps, check_heads, check_input, check_mlp_ratio, defaults, first_rows, mlp_hidden,
+    GlobalPool, block_rows, check_depth_classes_eps, check_heads, check_input, check_mlp_ratio, defaults, first_rows,
+    mlp_hidden,
 };
 use crate::import::{Checkpoint, Tensors};
 use crate::layers::{Mlp, timm_init, timm_linear};
@@ -202,8 +203,7 @@ impl Vit {
         let cls = self.cls_token.val().expand([b, 1, d]);
         let mut x = Tensor::cat(vec![cls, patches], 1) + self.pos_embed.val();
         for (i, block) in self.blocks.iter().enumerate() {
-            let rows = if i + 1 == self.blocks.len() { last_rows.unwrap_or(n + 1) } else { n + 1 };
-            x = block.forward(x, rows, maps);
+            x = block.forward(x, block_rows(i, self.blocks.len(), n + 1, last_rows), maps);
         }
         match &self.norm {
             Some(norm) => layer_norm(norm, x),

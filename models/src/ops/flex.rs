@@ -83,8 +83,9 @@ fn view<P>(ptr: P, rs: usize, cs: usize) -> View<P> {
 }
 
 /// `dst = scale * lhs rhs`, or `dst += scale * lhs rhs` with `accumulate`, for `[m, k] x [k, n]`
-/// (`shape = [m, n, k]`; without `accumulate`, `dst` is only written): by the zoo's AVX2 kernel ([`super::sgemm`]) where it is enabled and
-/// `dst` has unit column stride, else by the gemm crate.
+/// (`shape = [m, n, k]`; without `accumulate`, `dst` is only written): by the zoo's AVX2 kernel
+/// ([`super::sgemm`]) where it is enabled and `dst` has unit column stride, else by the gemm
+/// crate.
 ///
 /// # Safety
 /// The views must describe live buffers of these shapes, and `dst` must not overlap the others.
@@ -97,9 +98,17 @@ unsafe fn matmul(
     scale: f32,
     parallelism: gemm::Parallelism,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if dst.cs == 1 && dst.rs >= 0 && super::sgemm::enabled() {
+        let threaded = !matches!(parallelism, gemm::Parallelism::None);
+        // SAFETY: the CPU has AVX2 and FMA (enabled); the rest as the caller promises.
+        return unsafe {
+            super::sgemm::sgemm([m, n, k], dst.ptr, dst.rs as usize, accumulate, lhs, rhs, scale, threaded)
+        };
+    }
     if k == 0 {
-        // An empty sum: `dst` stays or becomes zero (it may be uninitialised, see
-        // `overwritten`).
+        // An empty sum, as `sgemm` treats it: `dst` stays, or becomes zero (it may be
+        // uninitialised, see `overwritten`).
         if !accumulate {
             for i in 0..m {
                 for j in 0..n {
@@ -108,14 +117,6 @@ unsafe fn matmul(
             }
         }
         return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if dst.cs == 1 && dst.rs >= 0 && super::sgemm::enabled() {
-        let threaded = !matches!(parallelism, gemm::Parallelism::None);
-        // SAFETY: the CPU has AVX2 and FMA (enabled); the rest as the caller promises.
-        return unsafe {
-            super::sgemm::sgemm([m, n, k], dst.ptr, dst.rs as usize, accumulate, lhs, rhs, scale, threaded)
-        };
     }
     let keep = if accumulate { 1.0 } else { 0.0 };
     // SAFETY: as the caller promises.
