@@ -21,7 +21,8 @@
 //!   exponential) that the compiler vectorises, instead of a scalar `erff` per element.
 //! - `conv2d`: a 3x3 convolution as nine matrix products over shifted views of the padded
 //!   image, accumulating into one output, instead of building the im2col matrix, in column
-//!   blocks that stay in cache.
+//!   blocks that stay in cache, the first product writing the output (no zero fill); the
+//!   weights are packed for the zoo's kernel once per call, not once per block.
 //!   Strided ones (ResNet's stem and stage entries) unfold the input in blocks of output rows
 //!   that stay in cache.
 //! - `max_pool2d`: the window maximum over a plane in one pass (rows first, then columns).
@@ -162,8 +163,9 @@ fn exact_gelu_backward(device: Device) -> bool {
 
 /// A convolution's forward pass; 3x3 convolutions with stride 1 and padding 1 (ResNet's) run
 /// as matrix products on shifted views of the padded image, without im2col, strided ones by
-/// im2col in blocks that stay in cache. (1x1 ones stay with flex, whose single threaded matrix
-/// product measured faster on them here.) Under autodiff on flex, bias-free convolutions over
+/// im2col in blocks that stay in cache. 1x1 ones run as one such view where the products are
+/// the zoo's own kernel (x86-64 without AVX-512); with the gemm crate's they stay with flex,
+/// whose matrix product measured faster on them than column blocks. Under autodiff on flex, bias-free convolutions over
 /// planes of 64 positions and more (ResNet's) are [`fused::conv2d`], whose backward pass is one
 /// large matrix product per block where Burn's weight gradient is many one-column ones.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
@@ -205,6 +207,7 @@ fn conv2d_with(
     };
     let result = match (stride, [kh, kw], padding) {
         ([1, 1], [3, 3], [1, 1]) => flex::conv_taps(x, weight.clone(), bias.clone(), 3),
+        ([1, 1], [1, 1], [0, 0]) if flex::own_matmul() => flex::conv_taps(x, weight.clone(), bias.clone(), 1),
         ([1, 1], _, _) => Err(x),
         _ => flex::conv_unfold(x, weight.clone(), bias.clone(), stride, padding),
     };

@@ -258,6 +258,55 @@ fn conv2d_and_its_gradients_match_burns() {
     }
 }
 
+/// Inference (no autodiff): `ops::conv2d` runs the flex kernels (shifted views for 3x3 and 1x1,
+/// im2col blocks for strided ones), with and without a bias, against Burn's convolution.
+#[test]
+fn inference_convolutions_match_burns() {
+    use burn::module::Param;
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::ops::ConvOptions;
+    let device = Device::flex();
+    // (batch, channels in, channels out, height, width, kernel, stride, padding); the last two
+    // span several column blocks and row tiles.
+    let cases = [
+        (2, 6, 5, 9, 11, 1, 1, 0),
+        (2, 6, 5, 9, 11, 1, 2, 0),
+        (2, 4, 3, 10, 9, 3, 1, 1),
+        (2, 4, 3, 10, 9, 3, 2, 1),
+        (1, 3, 4, 20, 18, 7, 2, 3),
+        (2, 64, 70, 30, 31, 3, 1, 1),
+        (2, 300, 40, 21, 33, 1, 1, 0),
+    ];
+    for (b, ci, co, h, w, k, s, p) in cases {
+        for with_bias in [false, true] {
+            let mut conv = Conv2dConfig::new([ci, co], [k, k])
+                .with_stride([s, s])
+                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                .with_bias(with_bias)
+                .init(&device);
+            conv.weight = Param::from_tensor(
+                Tensor::<3>::from_data(data(21, [co, ci, k * k], 0.5), &device).reshape([co, ci, k, k]),
+            );
+            if with_bias {
+                conv.bias =
+                    Some(Param::from_tensor(Tensor::<3>::from_data(data(22, [1, 1, co], 1.0), &device).reshape([co])));
+            }
+            let x = Tensor::<3>::from_data(data(23, [b, ci, h * w], 2.0), &device).reshape([b, ci, h, w]);
+            let got = zoo_models::ops::conv2d(&conv, x.clone());
+            let bias = conv.bias.as_ref().map(|b| b.val());
+            let want =
+                burn::tensor::module::conv2d(x, conv.weight.val(), bias, ConvOptions::new([s, s], [p, p], [1, 1], 1));
+            assert_eq!(got.dims(), want.dims());
+            assert_close(
+                &format!("conv {k}x{k} stride {s} padding {p}, {ci}->{co} {h}x{w}, bias {with_bias}"),
+                &read(got),
+                &read(want),
+            );
+        }
+    }
+}
+
 #[test]
 fn attention_and_its_gradients_match_burns() {
     let device = Device::flex().autodiff();

@@ -80,6 +80,66 @@ pub unsafe fn sgemm(
     scale: f32,
     threaded: bool,
 ) {
+    unsafe { product([m, n, k], dst, dst_rs, accumulate, Left::View(a), b, scale, threaded) }
+}
+
+/// [`sgemm`] with a left operand packed before the call ([`PackedA`], `[m, k]`), on this thread.
+///
+/// # Safety
+/// As [`sgemm`]'s.
+pub unsafe fn sgemm_packed(n: usize, dst: *mut f32, dst_rs: usize, accumulate: bool, a: &PackedA, b: Mat<*const f32>) {
+    unsafe { product([a.m, n, a.k], dst, dst_rs, accumulate, Left::Packed(a), b, 1.0, false) }
+}
+
+/// A left operand packed once for many products (a convolution's weights, against each block
+/// of its input): for each block of `KC` depths, all its panels of `MR` rows, as [`sgemm`]
+/// packs a block of rows for itself.
+pub struct PackedA {
+    data: Vec<f32>,
+    m: usize,
+    k: usize,
+}
+
+impl PackedA {
+    /// Packs the `[m, k]` matrix `a`, row panels spread over rayon's threads.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `a` must describe a live `[m, k]` matrix.
+    pub unsafe fn new(a: Mat<*const f32>, [m, k]: [usize; 2]) -> Self {
+        /// Row panels packed per task.
+        const PANELS: usize = 16;
+        let mp = m.next_multiple_of(MR);
+        let mut data = vec![0.0; mp * k];
+        for (block, packed) in data.chunks_mut(mp * KC).enumerate() {
+            let (p0, kc) = (block * KC, KC.min(k - block * KC));
+            packed.par_chunks_mut(PANELS * MR * kc).enumerate().for_each(|(g, panels)| {
+                let i0 = g * PANELS * MR;
+                // SAFETY: as the caller promises; `panels` holds the panels of rows i0..
+                unsafe { pack_a(a, i0, p0, (m - i0).min(PANELS * MR), kc, panels) };
+            });
+        }
+        PackedA { data, m, k }
+    }
+
+    /// The panels of rows from `i0` (a multiple of MR) at depths from `p0` (a multiple of KC).
+    fn panels(&self, i0: usize, p0: usize) -> *const f32 {
+        let kc = KC.min(self.k - p0);
+        self.data[p0 * self.m.next_multiple_of(MR) + i0 * kc..].as_ptr()
+    }
+}
+
+/// [`sgemm`] and [`sgemm_packed`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: Left<'_>,
+    b: Mat<*const f32>,
+    scale: f32,
+    threaded: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -116,22 +176,48 @@ fn share(t: usize, parts: usize, len: usize, unit: usize) -> std::ops::Range<usi
     (t * units / parts * unit).min(len)..((t + 1) * units / parts * unit).min(len)
 }
 
+/// Where a product reads its left operand.
+#[derive(Clone, Copy)]
+enum Left<'a> {
+    /// In place, packed block by block as the product goes.
+    View(Mat<*const f32>),
+    /// Packed before.
+    Packed(&'a PackedA),
+}
+
 /// The arguments of one [`sgemm`] call, shared by its tasks (which write disjoint tiles).
 #[derive(Clone, Copy)]
-struct Product {
+struct Product<'a> {
     k: usize,
     dst: *mut f32,
     dst_rs: usize,
     accumulate: bool,
-    a: Mat<*const f32>,
+    a: Left<'a>,
     b: Mat<*const f32>,
     scale: f32,
 }
 
-unsafe impl Send for Product {}
-unsafe impl Sync for Product {}
+unsafe impl Send for Product<'_> {}
+unsafe impl Sync for Product<'_> {}
 
-impl Product {
+impl Product<'_> {
+    /// Runs `f` on the packed panels (`kc x MR` each, one after another) of rows `i0..i0 + mc`
+    /// and depths `p0..p0 + kc` of `a`: packed now into this thread's buffer, or as packed before.
+    unsafe fn with_packed_a<R>(
+        &self,
+        [i0, mc]: [usize; 2],
+        [p0, kc]: [usize; 2],
+        f: impl FnOnce(*const f32) -> R,
+    ) -> R {
+        match self.a {
+            Left::View(a) => with_buffer(&PACK_A, mc.next_multiple_of(MR) * kc, |packed| {
+                unsafe { pack_a(a, i0, p0, mc, kc, packed) };
+                f(packed.as_ptr())
+            }),
+            Left::Packed(a) => f(a.panels(i0, p0)),
+        }
+    }
+
     /// The product's rows `rows` and columns `cols` of `dst`, on this thread.
     unsafe fn block(&self, [rows, cols]: [std::ops::Range<usize>; 2]) {
         let Product { k, dst, dst_rs, accumulate, a, b, scale } = *self;
@@ -150,15 +236,15 @@ impl Product {
                 };
                 let pack_b_panel =
                     |q: usize, panel: &mut [f32]| unsafe { pack_b(b, p0, j0 + q * NR, kc, nc - q * NR, panel) };
-                let narrow = a.cs == 1 && panels * NR * kc <= NARROW_B;
+                let narrow = matches!(a, Left::View(a) if a.cs == 1) && panels * NR * kc <= NARROW_B;
                 if !narrow && rows.len() <= FEW_ROWS {
                     // Few rows (a ViT's tokens at batch 1): `a`'s block packed whole (in L2),
                     // each column panel of `b` packed just before its products (into L1), so
                     // that reading `b` from memory overlaps the products instead of preceding
                     // them, and each panel is read once.
                     let (i0, mc) = (rows.start, rows.len());
-                    with_buffer(&PACK_A, mc.next_multiple_of(MR) * kc, |packed_a| {
-                        unsafe { pack_a(a, i0, p0, mc, kc, packed_a) };
+                    let with_packed_a = |f| unsafe { self.with_packed_a([i0, mc], [p0, kc], f) };
+                    with_packed_a(|packed_a: *const f32| {
                         with_buffer(&PACK_B, NR * kc, |panel| {
                             let row_panels = mc.div_ceil(MR);
                             for q in 0..panels {
@@ -171,12 +257,7 @@ impl Product {
                                         let depths = p0 + part.start..p0 + part.end;
                                         unsafe { prefetch(b, depths, cols) };
                                     }
-                                    run(
-                                        APanel::Packed(unsafe { packed_a.as_ptr().add(r * kc) }),
-                                        [i0, mc, r],
-                                        q,
-                                        panel,
-                                    );
+                                    run(APanel::Packed(unsafe { packed_a.add(r * kc) }), [i0, mc, r], q, panel);
                                 }
                             }
                         });
@@ -189,7 +270,7 @@ impl Product {
                     }
                     for i0 in rows.clone().step_by(MC) {
                         let mc = MC.min(rows.end - i0);
-                        if narrow {
+                        if let (true, Left::View(a)) = (narrow, a) {
                             // A narrow `b` (TNT's pixel-level layers: 24 to 96 columns), whose
                             // packed block stays in L1: each MR rows of a row-major `a` are read
                             // once, in place, against every column panel in turn, where packing
@@ -203,11 +284,11 @@ impl Product {
                         } else {
                             // Column panel after column panel, each (in L1) against the packed
                             // block of `a` (in L2).
-                            with_buffer(&PACK_A, mc.next_multiple_of(MR) * kc, |packed_a| {
-                                unsafe { pack_a(a, i0, p0, mc, kc, packed_a) };
+                            let with_packed_a = |f| unsafe { self.with_packed_a([i0, mc], [p0, kc], f) };
+                            with_packed_a(|packed_a: *const f32| {
                                 for (q, panel) in packed_b.chunks_exact(NR * kc).enumerate() {
                                     for r in (0..mc).step_by(MR) {
-                                        let a_panel = APanel::Packed(unsafe { packed_a.as_ptr().add(r * kc) });
+                                        let a_panel = APanel::Packed(unsafe { packed_a.add(r * kc) });
                                         run(a_panel, [i0, mc, r], q, panel);
                                     }
                                 }
@@ -458,16 +539,24 @@ mod tests {
     use super::*;
 
     /// Every layout of both operands (row-major or transposed views), with and without
-    /// accumulation, on one thread and on all, against a float64 product; the shapes cover
-    /// partial tiles, several depth blocks and column blocks.
+    /// accumulation, on one thread, on all, and with `a` packed before the call, against a
+    /// float64 product; the shapes cover partial tiles, several depth blocks, row blocks and
+    /// column blocks.
     #[test]
     fn matches_a_float64_product() {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
             return;
         }
-        for [m, k, n] in
-            [[1, 1, 1], [7, 3, 17], [13, 300, 35], [197, 513, 47], [40, 64, 4200], [5, 700, 33], [50, 96, 24]]
-        {
+        for [m, k, n] in [
+            [1, 1, 1],
+            [7, 3, 17],
+            [13, 300, 35],
+            [197, 513, 47],
+            [40, 64, 4200],
+            [5, 700, 33],
+            [50, 96, 24],
+            [300, 600, 70],
+        ] {
             let a: Vec<f32> = (0..m * k).map(|i| (i * 7 % 13) as f32 * 0.1 - 0.6).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i * 5 % 11) as f32 * 0.1 - 0.5).collect();
             let init: Vec<f32> = (0..m * n).map(|i| (i % 3) as f32).collect();
@@ -475,24 +564,42 @@ mod tests {
                 for b_transposed in [false, true] {
                     let (a_rs, a_cs) = if a_transposed { (1, m) } else { (k, 1) };
                     let (b_rs, b_cs) = if b_transposed { (1, k) } else { (n, 1) };
+                    let a_mat = Mat { ptr: a.as_ptr(), rs: a_rs as isize, cs: a_cs as isize };
+                    let b_mat = Mat { ptr: b.as_ptr(), rs: b_rs as isize, cs: b_cs as isize };
+                    // SAFETY: the CPU has AVX2 and FMA, the view lies inside the buffer.
+                    let packed = unsafe { PackedA::new(a_mat, [m, k]) };
                     for accumulate in [false, true] {
-                        for threaded in [false, true] {
+                        for mode in ["one thread", "threaded", "packed"] {
                             let mut c = init.clone();
-                            let a_mat = Mat { ptr: a.as_ptr(), rs: a_rs as isize, cs: a_cs as isize };
-                            let b_mat = Mat { ptr: b.as_ptr(), rs: b_rs as isize, cs: b_cs as isize };
+                            let scale = if mode == "packed" { 1.0 } else { 0.5 };
                             // SAFETY: the CPU has AVX2 and FMA, the views lie inside the buffers.
-                            unsafe { sgemm([m, n, k], c.as_mut_ptr(), n, accumulate, a_mat, b_mat, 0.5, threaded) };
+                            unsafe {
+                                match mode {
+                                    "packed" => sgemm_packed(n, c.as_mut_ptr(), n, accumulate, &packed, b_mat),
+                                    _ => sgemm(
+                                        [m, n, k],
+                                        c.as_mut_ptr(),
+                                        n,
+                                        accumulate,
+                                        a_mat,
+                                        b_mat,
+                                        scale,
+                                        mode == "threaded",
+                                    ),
+                                }
+                            }
                             for i in 0..m {
                                 for j in 0..n {
                                     let dot: f64 = (0..k)
                                         .map(|p| a[i * a_rs + p * a_cs] as f64 * b[p * b_rs + j * b_cs] as f64)
                                         .sum();
-                                    let want = 0.5 * dot + if accumulate { init[i * n + j] as f64 } else { 0.0 };
+                                    let want =
+                                        scale as f64 * dot + if accumulate { init[i * n + j] as f64 } else { 0.0 };
                                     let got = c[i * n + j] as f64;
                                     assert!(
                                         (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
                                         "{m}x{k}x{n} a^T {a_transposed} b^T {b_transposed} accumulate {accumulate} \
-                                         threaded {threaded} at ({i}, {j}): {got} != {want}"
+                                         {mode} at ({i}, {j}): {got} != {want}"
                                     );
                                 }
                             }
