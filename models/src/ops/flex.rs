@@ -793,8 +793,13 @@ pub fn conv_taps(
             bias.par_iter().enumerate().for_each(|(c, &v)| (0..n).for_each(|j| unsafe { dst.at(c * n + j).write(v) }));
         }
         // Column blocks small enough that a block's output and inputs stay in cache across
-        // the taps; one block per task.
-        let block = (CACHE_FLOATS / (co + ci)).clamp(64, n.max(64));
+        // the taps; one block per task. A 1x1 convolution has no taps to share a block, and
+        // each block streams all of the packed weights through the cache: two blocks a thread.
+        let block = if taps == 1 {
+            n.div_ceil(2 * rayon::current_num_threads()).next_multiple_of(16).max(64)
+        } else {
+            (CACHE_FLOATS / (co + ci)).clamp(64, n.max(64))
+        };
         (0..n.div_ceil(block)).into_par_iter().for_each(|i| {
             let j0 = i * block;
             let cols = block.min(n - j0);
