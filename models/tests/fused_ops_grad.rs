@@ -219,23 +219,26 @@ fn channel_affine_and_its_gradients_match_burns() {
     }
 }
 
+/// A convolution to test: (batch, channels in, channels out, height, width, kernel, stride,
+/// padding).
+type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+/// ResNet's pointwise, 3x3 and strided convolutions and its stem.
+const RESNET_CONVS: [ConvCase; 5] = [
+    (2, 6, 5, 9, 11, 1, 1, 0),
+    (2, 6, 5, 9, 11, 1, 2, 0),
+    (2, 4, 3, 10, 9, 3, 1, 1),
+    (2, 4, 3, 10, 9, 3, 2, 1),
+    (1, 3, 4, 20, 18, 7, 2, 3),
+];
+
 #[test]
 fn conv2d_and_its_gradients_match_burns() {
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
     let device = Device::flex().autodiff();
-    // (batch, channels in, channels out, height, width, kernel, stride, padding): ResNet's
-    // pointwise, 3x3 and strided convolutions and its stem; the last one spans two blocks of the
-    // im2col matrix.
-    let cases = [
-        (2, 6, 5, 9, 11, 1, 1, 0),
-        (2, 6, 5, 9, 11, 1, 2, 0),
-        (2, 4, 3, 10, 9, 3, 1, 1),
-        (2, 4, 3, 10, 9, 3, 2, 1),
-        (1, 3, 4, 20, 18, 7, 2, 3),
-        (1, 64, 8, 50, 40, 3, 1, 1),
-    ];
-    for (b, ci, co, h, w, k, s, p) in cases {
+    // The last one spans two blocks of the im2col matrix.
+    for (b, ci, co, h, w, k, s, p) in RESNET_CONVS.into_iter().chain([(1, 64, 8, 50, 40, 3, 1, 1)]) {
         let run = |use_fused: bool| {
             let x =
                 Tensor::<3>::from_data(data(13, [b, ci, h * w], 2.0), &device).reshape([b, ci, h, w]).require_grad();
@@ -267,18 +270,9 @@ fn inference_convolutions_match_burns() {
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::ops::ConvOptions;
     let device = Device::flex();
-    // (batch, channels in, channels out, height, width, kernel, stride, padding); the last two
-    // span several column blocks and row tiles.
-    let cases = [
-        (2, 6, 5, 9, 11, 1, 1, 0),
-        (2, 6, 5, 9, 11, 1, 2, 0),
-        (2, 4, 3, 10, 9, 3, 1, 1),
-        (2, 4, 3, 10, 9, 3, 2, 1),
-        (1, 3, 4, 20, 18, 7, 2, 3),
-        (2, 64, 70, 30, 31, 3, 1, 1),
-        (2, 300, 40, 21, 33, 1, 1, 0),
-    ];
-    for (b, ci, co, h, w, k, s, p) in cases {
+    // The last two span several column blocks and row tiles.
+    let larger = [(2, 64, 70, 30, 31, 3, 1, 1), (2, 300, 40, 21, 33, 1, 1, 0)];
+    for (b, ci, co, h, w, k, s, p) in RESNET_CONVS.into_iter().chain(larger) {
         for with_bias in [false, true] {
             let mut conv = Conv2dConfig::new([ci, co], [k, k])
                 .with_stride([s, s])
