@@ -62,7 +62,7 @@ test-backends:
     torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
     export LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}" XDG_RUNTIME_DIR=/tmp
     export ZOO_REQUIRE_BACKENDS=flex,ndarray,wgpu,tch
-    cargo test -p zoo-infer --features flex,ndarray,wgpu,tch --test backends --test precision -- --nocapture
+    cargo test --profile backends -p zoo-infer --features flex,ndarray,wgpu,tch --test backends --test precision -- --nocapture
 
 # Classify images: just classify configs/vit_b16.toml weights.safetensors img1.jpg img2.png
 classify config weights +images: build
