@@ -22,7 +22,10 @@
 //! - `conv2d`: a 3x3 convolution as nine matrix products over shifted views of the padded
 //!   image, accumulating into one output, instead of building the im2col matrix, in column
 //!   blocks that stay in cache, the first product writing the output (no zero fill); the
-//!   weights are packed for the zoo's kernel once per call, not once per block.
+//!   weights are packed for the zoo's kernel once per call, not once per block. Where the
+//!   products are the zoo's AVX2 kernel, 3x3 stride-1 convolutions go by Winograd's F(2x2, 3x3)
+//!   instead ([`flex::winograd`]): 16 products over transformed tiles in place of 36
+//!   multiply-adds per 2x2 output tile and channel pair (`ZOO_WINOGRAD=0`: the nine products).
 //!   Strided ones (ResNet's stem and stage entries) unfold the input in blocks of output rows
 //!   that stay in cache.
 //! - `max_pool2d`: the window maximum over a plane in one pass (rows first, then columns).
@@ -162,7 +165,8 @@ fn exact_gelu_backward(device: Device) -> bool {
 }
 
 /// A convolution's forward pass; 3x3 convolutions with stride 1 and padding 1 (ResNet's) run
-/// as matrix products on shifted views of the padded image, without im2col, strided ones by
+/// by Winograd's F(2x2, 3x3) where the zoo's AVX2 kernel runs the products ([`flex::winograd`]),
+/// elsewhere as matrix products on shifted views of the padded image, without im2col, strided ones by
 /// im2col in blocks that stay in cache. 1x1 ones run as one such view where the products are
 /// the zoo's own kernel (x86-64 without AVX-512); with the gemm crate's they stay with flex,
 /// whose matrix product measured faster on them than column blocks. Under autodiff on flex, bias-free convolutions over
@@ -206,6 +210,9 @@ fn conv2d_with(
         burn::tensor::module::conv2d(x, weight, bias, options)
     };
     let result = match (stride, [kh, kw], padding) {
+        ([1, 1], [3, 3], [1, 1]) if flex::winograd::applies() => {
+            flex::winograd::conv3x3(x, weight.clone(), bias.clone())
+        }
         ([1, 1], [3, 3], [1, 1]) => flex::conv_taps(x, weight.clone(), bias.clone(), 3),
         ([1, 1], [1, 1], [0, 0]) if flex::own_matmul() => flex::conv_taps(x, weight.clone(), bias.clone(), 1),
         ([1, 1], _, _) => Err(x),
@@ -479,6 +486,9 @@ mod tests {
             (3, false, 5, 7, 9, 6),
             (3, true, 3, 16, 4, 11),
             (3, true, 2, 5, 40, 300),
+            // Blocks of tiles that start and end inside tile rows; odd and even sizes.
+            (3, false, 300, 260, 9, 37),
+            (3, true, 70, 90, 12, 8),
             (1, true, 6, 4, 5, 7),
             (1, false, 3, 8, 30, 500),
         ];
@@ -494,6 +504,12 @@ mod tests {
                 .unwrap()
                 .into_data()
                 .assert_approx_eq::<f32>(&expected.clone().into_data(), Tolerance::absolute(1e-5));
+            if k == 3 && flex::winograd::runs_here() {
+                flex::winograd::conv3x3(x.clone(), conv.weight.val(), bias.clone())
+                    .unwrap()
+                    .into_data()
+                    .assert_approx_eq::<f32>(&expected.clone().into_data(), Tolerance::absolute(1e-5));
+            }
             flex::conv_unfold(x, conv.weight.val(), bias, [1, 1], [k / 2, k / 2])
                 .unwrap()
                 .into_data()

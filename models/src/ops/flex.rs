@@ -11,6 +11,8 @@ use rayon::prelude::*;
 
 use super::{AdamWArgs, AdamWStep, AffineArgs, AttentionArgs};
 
+pub mod winograd;
+
 /// Products with fewer multiply-adds than this run on one thread.
 const THREADED_MACS: usize = 1 << 19;
 /// Floats of working set per task that stay in a core's L2 cache (512 KiB).
