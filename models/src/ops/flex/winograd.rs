@@ -274,7 +274,7 @@ impl Tiles {
                     // padding past the block's last) are written.
                     let at = ty * tw + tx - t0;
                     for bb in 0..4 {
-                        let column = b_transposed([d[0][bb], d[1][bb], d[2][bb], d[3][bb]]);
+                        let column = b_transposed(d.map(|row| row[bb]));
                         for (a, values) in column.into_iter().enumerate() {
                             let xi = a * 4 + bb;
                             v[(xi * ci + c) * ld + at..][..LANES].copy_from_slice(&values);
@@ -321,7 +321,7 @@ impl Tiles {
                         if y >= h {
                             break;
                         }
-                        let [y0, y1] = a_transposed([r[0][dy], r[1][dy], r[2][dy], r[3][dy]]);
+                        let [y0, y1] = a_transposed(r.map(|column| column[dy]));
                         let mut pairs = [0.0f32; 2 * LANES];
                         for l in 0..LANES {
                             pairs[2 * l] = y0[l] + shift;
