@@ -50,6 +50,10 @@ pub fn runs_here() -> bool {
 /// tensors outside autodiff, by F(2x2, 3x3), on a CPU where it [`runs_here`]; the arguments back
 /// otherwise.
 pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Result<Tensor<4>, Tensor<4>> {
+    if x.dims()[1..].contains(&0) {
+        // No tiles or no channels: Burn's convolution.
+        return Err(x);
+    }
     let bias_prim = bias.as_ref().map(float32);
     let (Some(xt), Some(wt), None | Some(Some(_)), true) = (float32(&x), float32(&weight), &bias_prim, runs_here())
     else {
@@ -92,10 +96,12 @@ pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Resu
         scratch.v.resize(XI * ci * ld, 0.0);
         scratch.m.resize(XI * co * ld, 0.0);
         scratch.rows.resize(8 * (tiles.tw + 1 + LANES), 0.0);
-        // SAFETY: on x86-64 the CPU has AVX2 and FMA (`runs_here`); `v` holds 16 x ci x ld floats, with ld >= n + LANES.
+        // SAFETY: on x86-64 the CPU has AVX2 and FMA (`runs_here`); `v` holds 16 x ci x ld
+        // floats, with ld >= n + LANES.
         unsafe { tiles.transform_input(image, ci, t0..t0 + n, &mut scratch.v, ld, &mut scratch.rows) };
         for (xi, u_xi) in filters.iter().enumerate() {
-            // SAFETY: M_ξ (`[co, n]`) and V_ξ (`[ci, n]`), rows ld apart, lie inside this task's scratch.
+            // SAFETY: M_ξ (`[co, n]`) and V_ξ (`[ci, n]`), rows ld apart, lie inside this
+            // task's scratch.
             unsafe {
                 let dst = view(scratch.m.as_mut_ptr().add(xi * co * ld), ld, 1);
                 u_xi.matmul([co, n, ci], dst, false, view(scratch.v.as_ptr().add(xi * ci * ld), ld, 1));
@@ -230,8 +236,8 @@ impl Tiles {
     }
 
     /// `V = Bᵀ d B` of tiles `range` of `image` (`ci` planes of `h x w`) into `v` (`[16, ci, n]`,
-    /// `n = range.len()`, rows `ld >= n + LANES` apart). Tile `(ty, tx)` reads input rows `2 ty - 1 ..= 2 ty + 2` and columns
-    /// `2 tx - 1 ..= 2 tx + 2`, zeros outside the plane. Each input row is first split into its
+    /// `n = range.len()`, rows `ld >= n + LANES` apart). Tile `(ty, tx)` reads input rows
+    /// `2 ty - 1 ..= 2 ty + 2` and columns `2 tx - 1 ..= 2 tx + 2`, zeros outside the plane. Each input row is first split into its
     /// columns `2 m - 1` ("even", of the padded row) and `2 m` ("odd"), so that the four columns
     /// of tiles `tx..tx + LANES` are four unit-stride loads: `even[tx]`, `odd[tx]`,
     /// `even[tx + 1]`, `odd[tx + 1]`.
