@@ -237,10 +237,10 @@ impl Tiles {
 
     /// `V = Bᵀ d B` of tiles `range` of `image` (`ci` planes of `h x w`) into `v` (`[16, ci, n]`,
     /// `n = range.len()`, rows `ld >= n + LANES` apart). Tile `(ty, tx)` reads input rows
-    /// `2 ty - 1 ..= 2 ty + 2` and columns `2 tx - 1 ..= 2 tx + 2`, zeros outside the plane. Each input row is first split into its
-    /// columns `2 m - 1` ("even", of the padded row) and `2 m` ("odd"), so that the four columns
-    /// of tiles `tx..tx + LANES` are four unit-stride loads: `even[tx]`, `odd[tx]`,
-    /// `even[tx + 1]`, `odd[tx + 1]`.
+    /// `2 ty - 1 ..= 2 ty + 2` and columns `2 tx - 1 ..= 2 tx + 2`, zeros outside the plane.
+    /// Each input row is first split into its columns `2 m - 1` ("even", of the padded row) and
+    /// `2 m` ("odd"), so that the four columns of tiles `tx..tx + LANES` are four unit-stride
+    /// loads: `even[tx]`, `odd[tx]`, `even[tx + 1]`, `odd[tx + 1]`.
     ///
     /// # Safety
     /// On x86-64 the CPU must have AVX2 and FMA. `rows` holds at least `8 (tw + 1 + LANES)`
