@@ -737,6 +737,45 @@ pub fn adamw_update<const D: usize>(
     Ok((from_vec(p, shape.clone()), from_vec(m, shape.clone()), from_vec(v, shape)))
 }
 
+/// A convolution's float32 flex operands outside autodiff, made contiguous: the input
+/// `[b, ci, h, w]`, the weights `[co, ci, kh, kw]` and the bias.
+struct ConvOperands {
+    x: FlexTensor,
+    weight: FlexTensor,
+    x_dims: [usize; 4],
+    weight_dims: [usize; 4],
+    bias: Option<Vec<f32>>,
+}
+
+impl ConvOperands {
+    /// The operands, or `x` back when any of them is not a float32 flex tensor outside autodiff.
+    fn new(x: Tensor<4>, weight: &Tensor<4>, bias: Option<&Tensor<1>>) -> Result<Self, Tensor<4>> {
+        let bias_prim = bias.map(float32);
+        let (Some(xt), Some(wt), None | Some(Some(_))) = (float32(&x), float32(weight), &bias_prim) else {
+            return Err(x);
+        };
+        let x_dims = x.dims();
+        drop(x);
+        Ok(ConvOperands {
+            x: xt.to_contiguous(),
+            weight: wt.to_contiguous(),
+            x_dims,
+            weight_dims: weight.dims(),
+            bias: bias_prim.flatten().map(values),
+        })
+    }
+
+    /// The input's elements, row-major.
+    fn input(&self) -> &[f32] {
+        &self.x.storage::<f32>()[self.x.layout().start_offset()..]
+    }
+
+    /// The weights' elements, row-major.
+    fn weights(&self) -> &[f32] {
+        &self.weight.storage::<f32>()[self.weight.layout().start_offset()..]
+    }
+}
+
 /// Convolutions that are sums of matrix products over views of one image (`[C_in, plane]`
 /// flattened): tap `t` multiplies `W[:, :, t]` by the image read from offset `shifts[t]`.
 /// `kernel_size` 1: one tap on the image itself; 3 (stride 1, padding 1): on the image
@@ -748,18 +787,9 @@ pub fn conv_taps(
     bias: Option<Tensor<1>>,
     kernel_size: usize,
 ) -> Result<Tensor<4>, Tensor<4>> {
-    let bias_prim = bias.as_ref().map(float32);
-    let (Some(xt), Some(wt), None | Some(Some(_))) = (float32(&x), float32(&weight), &bias_prim) else {
-        return Err(x);
-    };
-    let [b, ci, h, w] = x.dims();
-    let co = weight.dims()[0];
-    drop(x);
-    let xt = xt.to_contiguous();
-    let xs = &xt.storage::<f32>()[xt.layout().start_offset()..];
-    let wt = wt.to_contiguous();
-    let ws = &wt.storage::<f32>()[wt.layout().start_offset()..];
-    let bias: Option<Vec<f32>> = bias_prim.flatten().map(values);
+    let operands = ConvOperands::new(x, &weight, bias.as_ref())?;
+    let ([b, ci, h, w], co) = (operands.x_dims, operands.weight_dims[0]);
+    let (xs, ws, bias) = (operands.input(), operands.weights(), &operands.bias);
     let taps = kernel_size * kernel_size;
     let pad = kernel_size / 2;
     let wp = w + 2 * pad;
@@ -919,20 +949,11 @@ pub fn conv_unfold(
     stride: [usize; 2],
     padding: [usize; 2],
 ) -> Result<Tensor<4>, Tensor<4>> {
-    let bias_prim = bias.as_ref().map(float32);
-    let (Some(xt), Some(wt), None | Some(Some(_))) = (float32(&x), float32(&weight), &bias_prim) else {
-        return Err(x);
-    };
-    let [b, ci, h, w] = x.dims();
-    let [co, _, kh, kw] = weight.dims();
-    drop(x);
+    let operands = ConvOperands::new(x, &weight, bias.as_ref())?;
+    let ([b, ci, h, w], [co, _, kh, kw]) = (operands.x_dims, operands.weight_dims);
+    let (xs, ws, bias) = (operands.input(), operands.weights(), &operands.bias);
     let geometry = ConvGeometry::new([h, w], [kh, kw], stride, padding);
     let (oh, ow) = (geometry.oh, geometry.ow);
-    let xt = xt.to_contiguous();
-    let xs = &xt.storage::<f32>()[xt.layout().start_offset()..];
-    let wt = wt.to_contiguous();
-    let ws = &wt.storage::<f32>()[wt.layout().start_offset()..];
-    let bias: Option<Vec<f32>> = bias_prim.flatten().map(values);
     let kdim = ci * kh * kw;
     // SAFETY: W is `[co, kdim]` row-major in `ws`, which outlives `weights`.
     let weights = unsafe { SharedLhs::new(view(ws.as_ptr(), kdim, 1), [co, kdim]) };

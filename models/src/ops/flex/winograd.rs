@@ -50,23 +50,13 @@ pub fn runs_here() -> bool {
 /// tensors outside autodiff, by F(2x2, 3x3), on a CPU where it [`runs_here`]; the arguments back
 /// otherwise.
 pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Result<Tensor<4>, Tensor<4>> {
-    if x.dims()[1..].contains(&0) {
-        // No tiles or no channels: Burn's convolution.
+    if x.dims()[1..].contains(&0) || !runs_here() {
+        // No tiles or no channels (Burn's convolution), or a CPU without AVX2.
         return Err(x);
     }
-    let bias_prim = bias.as_ref().map(float32);
-    let (Some(xt), Some(wt), None | Some(Some(_)), true) = (float32(&x), float32(&weight), &bias_prim, runs_here())
-    else {
-        return Err(x);
-    };
-    let [b, ci, h, w] = x.dims();
-    let co = weight.dims()[0];
-    drop(x);
-    let xt = xt.to_contiguous();
-    let xs = &xt.storage::<f32>()[xt.layout().start_offset()..];
-    let wt = wt.to_contiguous();
-    let ws = &wt.storage::<f32>()[wt.layout().start_offset()..];
-    let bias: Option<Vec<f32>> = bias_prim.flatten().map(values);
+    let operands = ConvOperands::new(x, &weight, bias.as_ref())?;
+    let ([b, ci, h, w], co) = (operands.x_dims, operands.weight_dims[0]);
+    let (xs, ws, bias) = (operands.input(), operands.weights(), &operands.bias);
 
     let u = transform_filters(ws, co, ci);
     // SAFETY: U_ξ is `[co, ci]` row-major in `u`, which outlives `filters`.
