@@ -85,7 +85,7 @@ pub fn conv3x3(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Resu
         let image = &xs[i * ci * h * w..][..ci * h * w];
         scratch.v.resize(XI * ci * ld, 0.0);
         scratch.m.resize(XI * co * ld, 0.0);
-        scratch.rows.resize(8 * (tiles.tw + 1 + LANES), 0.0);
+        scratch.rows.resize(8 * tiles.split_len(), 0.0);
         // SAFETY: on x86-64 the CPU has AVX2 and FMA (`runs_here`); `v` holds 16 x ci x ld
         // floats, with ld >= n + LANES.
         unsafe { tiles.transform_input(image, ci, t0..t0 + n, &mut scratch.v, ld, &mut scratch.rows) };
@@ -124,17 +124,21 @@ struct Scratch {
 fn transform_filters(ws: &[f32], co: usize, ci: usize) -> Vec<f32> {
     let mut u = unwritten(XI * co * ci);
     let u_ptr = SharedMut(u.as_mut_ptr().cast());
-    ws.par_chunks_exact(9 * ci).enumerate().for_each_init(Vec::new, |rows: &mut Vec<f32>, (k, filters)| {
-        // Room for whole vectors past the last channel.
-        let padded = ci.next_multiple_of(LANES);
-        rows.resize(XI * padded, 0.0);
-        // SAFETY: on x86-64 the CPU has AVX2 and FMA (`runs_here`).
-        unsafe { transform_filter_row(filters, ci, padded, rows) };
-        for xi in 0..XI {
-            // SAFETY: row k of U_ξ, this task's alone.
-            unsafe { std::ptr::copy_nonoverlapping(rows[xi * padded..].as_ptr(), u_ptr.at((xi * co + k) * ci), ci) };
-        }
-    });
+    // Each task's 16 rows, with room for whole vectors past the last channel.
+    let padded = ci.next_multiple_of(LANES);
+    ws.par_chunks_exact(9 * ci).enumerate().for_each_init(
+        || vec![0.0; XI * padded],
+        |rows, (k, filters)| {
+            // SAFETY: on x86-64 the CPU has AVX2 and FMA (`runs_here`).
+            unsafe { transform_filter_row(filters, ci, padded, rows) };
+            for xi in 0..XI {
+                // SAFETY: row k of U_ξ, this task's alone.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(rows[xi * padded..].as_ptr(), u_ptr.at((xi * co + k) * ci), ci)
+                };
+            }
+        },
+    );
     // SAFETY: every row of every U_ξ was written (above).
     unsafe { written(u) }
 }
@@ -216,6 +220,12 @@ fn a_transposed([m0, m1, m2, m3]: [Lanes; 4]) -> [Lanes; 2] {
 }
 
 impl Tiles {
+    /// Floats of one half (even or odd columns) of a split input row: `tw + 1` columns, and
+    /// room for a whole vector read from the last.
+    fn split_len(&self) -> usize {
+        self.tw + 1 + LANES
+    }
+
     /// For each tile row that tiles `range` meet: the row, and its columns among them.
     fn rows(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + '_ {
         (range.start / self.tw..range.end.div_ceil(self.tw)).map(move |ty| {
@@ -233,7 +243,7 @@ impl Tiles {
     /// loads: `even[tx]`, `odd[tx]`, `even[tx + 1]`, `odd[tx + 1]`.
     ///
     /// # Safety
-    /// On x86-64 the CPU must have AVX2 and FMA. `rows` holds at least `8 (tw + 1 + LANES)`
+    /// On x86-64 the CPU must have AVX2 and FMA. `rows` holds at least `8 split_len()`
     /// floats, `v` `16 ci ld`.
     #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
     unsafe fn transform_input(
@@ -246,7 +256,7 @@ impl Tiles {
         rows: &mut [f32],
     ) {
         let Tiles { h, w, tw, .. } = *self;
-        let (t0, stride) = (range.start, tw + 1 + LANES);
+        let (t0, stride) = (range.start, self.split_len());
         for c in 0..ci {
             let plane = &image[c * h * w..][..h * w];
             for (ty, columns) in self.rows(range.clone()) {
@@ -328,6 +338,8 @@ impl Tiles {
                         // SAFETY: row y, columns x..x + len of plane k, inside `out`.
                         unsafe {
                             let dst = out.at((k * h + y) * w + x);
+                            // A constant length (every tile but a row's last) is two vector
+                            // stores instead of a call to memcpy.
                             if len == 2 * LANES {
                                 std::ptr::copy_nonoverlapping(pairs.as_ptr(), dst, 2 * LANES);
                             } else {
