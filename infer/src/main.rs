@@ -350,7 +350,7 @@ fn main() {
     keep_freed_memory();
     compute_on_main_thread();
     let cli = Cli::parse();
-    if let Err(e) = check_isa().and_then(|()| run(cli)) {
+    if let Err(e) = check_env().and_then(|()| run(cli)) {
         // A reader that went away (`zoo classify ... | head`) ends the program quietly, as
         // command-line tools do.
         let broken_pipe = e
@@ -369,9 +369,11 @@ fn main() {
     }
 }
 
-/// `ZOO_ISA` as the kernels will read it; `avx2` on an AVX-512 CPU needs a build whose matrix
-/// kernels have no AVX-512 (the gemm crate picks them at run time whenever they are compiled in).
-fn check_isa() -> Result<()> {
+/// `ZOO_ISA` and `ZOO_WINOGRAD` as the kernels will read them; `ZOO_ISA=avx2` on an AVX-512 CPU
+/// needs a build whose matrix kernels have no AVX-512 (the gemm crate picks them at run time
+/// whenever they are compiled in).
+fn check_env() -> Result<()> {
+    zoo_models::ops::winograd_from_env().map_err(anyhow::Error::msg)?;
     let isa = zoo_models::ops::isa_from_env().map_err(anyhow::Error::msg)?;
     #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
     if isa == zoo_models::ops::Isa::Avx2 && std::is_x86_feature_detected!("avx512f") {

@@ -200,6 +200,7 @@ fn bad_inputs_are_clear_errors() {
             &["train.devices[0]", "bogus"],
         ),
         ("BURN_DEVICE bogus", classify(&vit, &vit_input), vec![("BURN_DEVICE", "bogus")], &["BURN_DEVICE", "bogus"]),
+        ("ZOO_WINOGRAD off", classify(&vit, &vit_input), vec![("ZOO_WINOGRAD", "off")], &["ZOO_WINOGRAD", "off"]),
         (
             "--device bogus",
             [classify(&vit, &vit_input), vec!["--device".into(), "bogus".into()]].concat(),

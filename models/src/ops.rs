@@ -76,6 +76,19 @@ pub fn isa_from_env() -> Result<Isa, String> {
     }
 }
 
+/// The environment's `ZOO_WINOGRAD`: unset, empty or `1` (3x3 stride-1 convolutions by
+/// Winograd's F(2x2, 3x3) where the zoo's AVX2 kernel runs the products), or `0` (by nine matrix
+/// products over shifted views); anything else is an error that names the variable and the value.
+pub fn winograd_from_env() -> Result<bool, String> {
+    match std::env::var("ZOO_WINOGRAD") {
+        Err(std::env::VarError::NotPresent) => Ok(true),
+        Ok(v) if v == "1" || v.is_empty() => Ok(true),
+        Ok(v) if v == "0" => Ok(false),
+        Ok(v) => Err(format!("ZOO_WINOGRAD={v:?}: expected `0` or `1`")),
+        Err(e) => Err(format!("ZOO_WINOGRAD: {e}")),
+    }
+}
+
 /// `x @ weight + bias` over the last dimension of `x`, `weight` `[d_in, d_out]`, as [`linear`].
 pub fn linear_with<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
     #[cfg(feature = "flex")]

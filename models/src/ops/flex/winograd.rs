@@ -34,7 +34,7 @@ const XI: usize = 16;
 /// and [`super::conv_taps`] runs.
 pub fn applies() -> bool {
     static APPLIES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *APPLIES.get_or_init(|| own_matmul() && std::env::var("ZOO_WINOGRAD").as_deref() != Ok("0"))
+    *APPLIES.get_or_init(|| own_matmul() && super::super::winograd_from_env() != Ok(false))
 }
 
 /// Whether this CPU runs [`conv3x3`]: on x86-64, one with AVX2 and FMA (its transforms are
