@@ -184,7 +184,8 @@ fn exact_gelu_backward(device: Device) -> bool {
 /// the zoo's own kernel (x86-64 without AVX-512); with the gemm crate's they stay with flex,
 /// whose matrix product measured faster on them than column blocks. Under autodiff on flex, bias-free convolutions over
 /// planes of 64 positions and more (ResNet's) are [`fused::conv2d`], whose backward pass is one
-/// large matrix product per block where Burn's weight gradient is many one-column ones.
+/// large matrix product per block where Burn's weight gradient is many one-column ones (the input
+/// gradient of a 3x3 stride-1 convolution taken by Winograd's F(2x2, 3x3): a convolution again).
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     #[cfg(feature = "flex")]
     {

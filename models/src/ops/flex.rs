@@ -514,6 +514,9 @@ pub(super) mod kernels {
     /// gradient (`co` x positions): `dW += dY cols^T` and `dcols = W^T dY`, folded back onto
     /// the input. One large matrix product per block, threaded inside, where Burn's weight
     /// gradient is a convolution whose kernel is the output gradient (products one column wide).
+    /// A 3x3 stride-1 convolution's input gradient, where its forward pass goes by Winograd's
+    /// F(2x2, 3x3), is a convolution of `dY` by the same kernels instead
+    /// ([`conv3x3_input_grad`]).
     pub fn conv2d_backward(
         x: &FlexTensor,
         weight: &FlexTensor,
@@ -526,9 +529,12 @@ pub(super) mod kernels {
         let &[co, _, kh, kw] = weight.layout().shape().as_slice() else { unreachable!("a 4-d weight") };
         let g = ConvGeometry::new([h, w], [kh, kw], stride, padding);
         let (xs, ws, dys) = (elements(x), elements(weight), elements(dy));
+        // Where the forward pass runs Winograd's F(2x2, 3x3), the input gradient is such a
+        // convolution too (below), not a product per block.
+        let dx_by_conv = want_x && (stride, [kh, kw], padding) == ([1, 1], [3, 3], [1, 1]) && winograd::applies();
         let (kdim, positions) = (ci * kh * kw, g.positions());
         let rows_per_block = if g.is_pointwise() { g.oh } else { (CONV_BLOCK_FLOATS / (kdim * g.ow)).max(1) };
-        let mut dx = vec![0.0f32; if want_x { xs.len() } else { 0 }];
+        let mut dx = vec![0.0f32; if want_x && !dx_by_conv { xs.len() } else { 0 }];
         let mut dw = vec![0.0f32; if want_weight { ws.len() } else { 0 }];
         let mut cols = Vec::new();
         let mut dcols = Vec::new();
@@ -566,7 +572,7 @@ pub(super) mod kernels {
                         )
                     };
                 }
-                if want_x {
+                if want_x && !dx_by_conv {
                     let w_t = view(ws.as_ptr(), 1, kdim);
                     let plane_grad = &mut dx[image * ci * h * w..][..ci * h * w];
                     if g.is_pointwise() {
@@ -596,7 +602,29 @@ pub(super) mod kernels {
                 }
             }
         }
-        [want_x.then(|| shaped_like(dx, x)), want_weight.then(|| shaped_like(dw, weight))]
+        let dx = match dx_by_conv {
+            true => Some(conv3x3_input_grad(dy, &ws, [co, ci])),
+            false => want_x.then(|| shaped_like(dx, x)),
+        };
+        [dx, want_weight.then(|| shaped_like(dw, weight))]
+    }
+
+    /// The input gradient of a 3x3 convolution with stride 1 and padding 1 (weights `ws`,
+    /// `[co, ci, 3, 3]`), itself such a convolution: of the output gradient `dy` by the weights
+    /// with input and output channels swapped and each 3x3 window turned by 180 degrees
+    /// (`dX[i, y, x] = Σ_o Σ_(u,v) dY[o, y + 1 - u, x + 1 - v] W[o, i, u, v]`), by the forward
+    /// pass's kernels.
+    fn conv3x3_input_grad(dy: &FlexTensor, ws: &[f32], [co, ci]: [usize; 2]) -> FlexTensor {
+        let mut turned = vec![0.0f32; ws.len()];
+        for (pair, window) in ws.chunks_exact(9).enumerate() {
+            let (o, i) = (pair / ci, pair % ci);
+            // Tap t = 3 u + v goes to 3 (2 - u) + (2 - v) = 8 - t.
+            for (t, &w) in window.iter().enumerate() {
+                turned[(i * co + o) * 9 + 8 - t] = w;
+            }
+        }
+        let weight = FlexTensor::from_data(TensorData::new(turned, [ci, co, 3, 3]));
+        conv2d(dy, &weight, [1, 1], [1, 1])
     }
 
     /// The forward pass of [`super::super::fused::FusedOps::fused_attention`]: the inference kernel.

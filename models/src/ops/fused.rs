@@ -19,7 +19,9 @@
 //!   Keeps queries, keys and values (not the probabilities, recomputed per head in the backward
 //!   pass as flash attention does); the gradients by six matrix products per head.
 //! - [`FusedOps::fused_conv2d`]: a convolution without bias, forward by the inference kernels;
-//!   backward as one large matrix product per block of the im2col matrix for each gradient.
+//!   backward as one large matrix product per block of the im2col matrix for each gradient
+//!   (a 3x3 stride-1 convolution's input gradient, where the forward pass runs Winograd's
+//!   F(2x2, 3x3), as a convolution by the same kernels).
 //! - [`FusedOps::fused_channel_affine`]: ResNet's frozen batch norm, residual sum and ReLU. Keeps
 //!   the output (the ReLU's mask) and the scale; the gradient is `dy scale[c]` where the output
 //!   is positive, and `dy` there for the residual.
