@@ -602,10 +602,8 @@ pub(super) mod kernels {
                 }
             }
         }
-        let dx = match dx_by_conv {
-            true => Some(conv3x3_input_grad(dy, &ws, [co, ci])),
-            false => want_x.then(|| shaped_like(dx, x)),
-        };
+        let dx =
+            if dx_by_conv { Some(conv3x3_input_grad(dy, &ws, [co, ci])) } else { want_x.then(|| shaped_like(dx, x)) };
         [dx, want_weight.then(|| shaped_like(dw, weight))]
     }
 
