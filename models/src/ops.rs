@@ -224,7 +224,7 @@ fn conv2d_with(
         burn::tensor::module::conv2d(x, weight, bias, options)
     };
     let result = match (stride, [kh, kw], padding) {
-        ([1, 1], [3, 3], [1, 1]) if flex::winograd::applies() => {
+        _ if flex::winograd::takes(stride, [kh, kw], padding) => {
             flex::winograd::conv3x3(x, weight.clone(), bias.clone())
         }
         ([1, 1], [3, 3], [1, 1]) => flex::conv_taps(x, weight.clone(), bias.clone(), 3),

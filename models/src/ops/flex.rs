@@ -531,7 +531,7 @@ pub(super) mod kernels {
         let (xs, ws, dys) = (elements(x), elements(weight), elements(dy));
         // Where the forward pass runs Winograd's F(2x2, 3x3), the input gradient is such a
         // convolution too (below), not a product per block.
-        let dx_by_conv = want_x && (stride, [kh, kw], padding) == ([1, 1], [3, 3], [1, 1]) && winograd::applies();
+        let dx_by_conv = want_x && winograd::takes(stride, [kh, kw], padding);
         let (kdim, positions) = (ci * kh * kw, g.positions());
         let rows_per_block = if g.is_pointwise() { g.oh } else { (CONV_BLOCK_FLOATS / (kdim * g.ow)).max(1) };
         let mut dx = vec![0.0f32; if want_x && !dx_by_conv { xs.len() } else { 0 }];

@@ -37,6 +37,13 @@ pub fn applies() -> bool {
     *APPLIES.get_or_init(|| own_matmul() && super::super::winograd_from_env() != Ok(false))
 }
 
+/// Whether a convolution of this stride, kernel size and padding goes by [`conv3x3`]: 3x3,
+/// stride 1, padding 1, where it [`applies`]. The forward pass and training's input gradient
+/// ([`super::kernels::conv2d_backward`]) both ask this.
+pub fn takes(stride: [usize; 2], kernel: [usize; 2], padding: [usize; 2]) -> bool {
+    (stride, kernel, padding) == ([1, 1], [3, 3], [1, 1]) && applies()
+}
+
 /// Whether this CPU runs [`conv3x3`]: on x86-64, one with AVX2 and FMA (its transforms are
 /// compiled for them); any other.
 pub fn runs_here() -> bool {
