@@ -11,6 +11,8 @@ use rayon::prelude::*;
 
 use super::{AdamWArgs, AdamWStep, AffineArgs, AttentionArgs};
 
+#[cfg(target_arch = "x86_64")]
+mod avx2_math;
 pub mod winograd;
 
 /// Products with fewer multiply-adds than this run on one thread.
@@ -1218,10 +1220,11 @@ impl Head<'_> {
             }
         }
         for row in st.chunks_exact_mut(nq) {
-            for ((s, &m), z) in row.iter_mut().zip(max.iter()).zip(sum.iter_mut()) {
-                *s = simd::exp(*s - m);
-                *z += *s;
-            }
+            row.iter_mut().zip(max.iter()).for_each(|(s, &m)| *s -= m);
+        }
+        simd::exp_in_place(st);
+        for row in st.chunks_exact(nq) {
+            sum.iter_mut().zip(row).for_each(|(z, &s)| *z += s);
         }
         for (j, p_row) in st.chunks_exact(nq).enumerate() {
             for (t, ot_row) in ot.chunks_exact_mut(nq).enumerate() {
@@ -1479,6 +1482,21 @@ mod simd {
         if saturated { x.signum() } else { x * p / q }
     }
 
+    /// The Chebyshev fit of Numerical Recipes' `erfcc`, `P(t) = Σ c_k t^k` for k = 0..9, as
+    /// (c_2j, c_2j+1) pairs for Estrin's scheme.
+    pub(super) const ERFC_PAIRS: [(f32, f32); 5] = [
+        (-1.265_512_2, 1.000_023_7),
+        (0.374_091_96, 0.096_784_18),
+        (-0.186_288_06, 0.278_868_07),
+        (-1.135_204, 1.488_515_9),
+        (-0.822_152_23, 0.170_872_77),
+    ];
+    /// Cephes' polynomial for e^r on |r| <= ln(2) / 2, highest degree first, Horner's order.
+    pub(super) const EXP_POLY: [f32; 6] =
+        [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1];
+    /// ln 2 in two parts (Cody and Waite), so that `x - n ln 2` is exact for the n of exp's range.
+    pub(super) const LN_2_PARTS: (f32, f32) = (-0.693_359_4, 2.121_944_4e-4);
+
     /// erfc(a) for a >= 0 by the Chebyshev fit of Numerical Recipes' `erfcc` (fractional error
     /// below 1.2e-7 everywhere): `t exp(-a^2 + P(t))` with `t = 1 / (1 + a / 2)`. P goes by
     /// Estrin's scheme (pairs of terms, then pairs of pairs by t², t⁴, t⁸), not Horner's: its
@@ -1489,11 +1507,11 @@ mod simd {
     #[inline(always)]
     fn erfc_positive(a: f32) -> f32 {
         let t = 1.0 / (1.0 + 0.5 * a);
-        let (t2, c) = (t * t, |lo: f32, hi: f32| hi.mul_add(t, lo));
+        let (t2, c) = (t * t, |k: usize| ERFC_PAIRS[k].1.mul_add(t, ERFC_PAIRS[k].0));
         let t4 = t2 * t2;
-        let low = c(0.374_091_96, 0.096_784_18).mul_add(t2, c(-1.265_512_2, 1.000_023_7));
-        let middle = c(-1.135_204, 1.488_515_9).mul_add(t2, c(-0.186_288_06, 0.278_868_07));
-        let p = c(-0.822_152_23, 0.170_872_77).mul_add(t4 * t4, middle.mul_add(t4, low));
+        let low = c(1).mul_add(t2, c(0));
+        let middle = c(3).mul_add(t2, c(2));
+        let p = c(4).mul_add(t4 * t4, middle.mul_add(t4, low));
         t * exp((-a).mul_add(a, p))
     }
 
@@ -1504,11 +1522,8 @@ mod simd {
         // n from a NaN-free copy (`max` drops a NaN), so that its conversion below is defined;
         // a NaN x still comes out NaN through r.
         let n = xc.max(-87.0).mul_add(core::f32::consts::LOG2_E, 0.5).floor();
-        let r = n.mul_add(2.121_944_4e-4, n.mul_add(-0.693_359_4, xc));
-        let mut y = 1.987_569_1e-4f32;
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1] {
-            y = y.mul_add(r, c);
-        }
+        let r = n.mul_add(LN_2_PARTS.1, n.mul_add(LN_2_PARTS.0, xc));
+        let y = EXP_POLY[1..].iter().fold(EXP_POLY[0], |y, &c| y.mul_add(r, c));
         let y = (y * r).mul_add(r, r + 1.0);
         // n is an integer in [-125, 127], so the unchecked conversion is exact (the checked
         // `as` saturates, which stops the loops around this from vectorising).
@@ -1518,9 +1533,39 @@ mod simd {
         if x < -87.0 { 0.0 } else { scaled }
     }
 
+    /// Whether [`super::avx2_math`] runs here: x86-64 with AVX2 and FMA, without AVX-512 or
+    /// with it held back (`ZOO_ISA=avx2`). (On AVX-512 CPUs the compiled loops of twice the
+    /// width stay.)
+    #[inline(always)]
+    fn avx2_math() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return !(super::avx512_allowed() && std::is_x86_feature_detected!("avx512f"))
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// `x <- e^x` ([`exp`]), by [`super::avx2_math`] where it runs.
+    #[inline(always)]
+    pub(super) fn exp_in_place(xs: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx2_math() holds only where the CPU has AVX2 and FMA.
+        let xs = if avx2_math() { unsafe { super::avx2_math::exp_blocks(xs) } } else { xs };
+        xs.iter_mut().for_each(|x| *x = exp(*x));
+    }
+
+    /// `x <- x Φ(x)` with Φ by erf, by [`super::avx2_math`] where it runs.
+    pub fn gelu_in_place(xs: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx2_math() holds only where the CPU has AVX2 and FMA.
+        let xs = if avx2_math() { unsafe { super::avx2_math::gelu_blocks(xs) } } else { xs };
+        gelu_elements(xs)
+    }
+
     multiversion! {
-        /// `x <- x Φ(x)` with Φ by erf.
-        fn gelu_in_place(xs: &mut [f32]) {
+        /// [`gelu_in_place`] element by element.
+        fn gelu_elements(xs: &mut [f32]) {
             for x in xs.iter_mut() {
                 let z = *x * core::f32::consts::FRAC_1_SQRT_2;
                 // 1 + erf(z) = erfc(-z), from one erfc of |z| on both sides: below 0 it is that
@@ -1788,19 +1833,9 @@ mod simd {
             }
         }
         let max = chunks.remainder().iter().chain(&maxima).fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sums = [0.0f32; 16];
-        let mut chunks = row.chunks_exact_mut(16);
-        for chunk in &mut chunks {
-            for (s, x) in sums.iter_mut().zip(chunk.iter_mut()) {
-                *x = exp(*x - max);
-                *s += *x;
-            }
-        }
-        for (s, x) in sums.iter_mut().zip(chunks.into_remainder()) {
-            *x = exp(*x - max);
-            *s += *x;
-        }
-        let inv = 1.0 / sums.iter().sum::<f32>();
+        row.iter_mut().for_each(|x| *x -= max);
+        exp_in_place(row);
+        let inv = 1.0 / sum(row);
         for x in row.iter_mut() {
             *x *= inv;
         }
@@ -1825,6 +1860,38 @@ mod simd {
             assert!(super::exp(f32::NAN).is_nan() && super::erf(f32::NAN).is_nan());
         }
 
+        /// The AVX2 blocks give the element-by-element loops' bits, special values included.
+        #[cfg(target_arch = "x86_64")]
+        #[test]
+        fn avx2_blocks_match_elements() {
+            if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+                eprintln!("no AVX2 and FMA: the blocks do not run on this CPU");
+                return;
+            }
+            let mut xs: Vec<f32> = (-40_000..40_000).map(|i| i as f32 * 4e-4).collect();
+            xs.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 1e-40, -1e-40, 1e30, -1e30, -87.0, -130.0]);
+            xs.extend((0..22).map(|i| -(i as f32) * 7.3));
+            assert_eq!(xs.len() % 32, 0, "whole blocks only");
+            let mut blocks = xs.clone();
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let rest = unsafe { super::super::avx2_math::gelu_blocks(&mut blocks) };
+            assert!(rest.is_empty());
+            let mut elements = xs.clone();
+            super::gelu_elements(&mut elements);
+            for ((x, b), e) in xs.iter().zip(&blocks).zip(&elements) {
+                assert_eq!(b.to_bits(), e.to_bits(), "gelu({x}): blocks {b}, elements {e}");
+            }
+            let xs: Vec<f32> = xs.iter().map(|x| x * 25.0).collect();
+            let mut blocks = xs.clone();
+            // SAFETY: as above.
+            let rest = unsafe { super::super::avx2_math::exp_blocks(&mut blocks) };
+            assert!(rest.is_empty());
+            for (x, b) in xs.iter().zip(&blocks) {
+                let e = super::exp(*x);
+                assert_eq!(b.to_bits(), e.to_bits(), "exp({x}): blocks {b}, elements {e}");
+            }
+        }
+
         /// GELU against `x Φ(x)` in float64 over [-12, 12] and in the far tails.
         #[test]
         fn gelu_is_float32_accurate() {
@@ -1832,7 +1899,7 @@ mod simd {
             xs.extend([-100.0, -30.0, 30.0, 100.0]);
             let mut ys = xs.clone();
             super::gelu_in_place(&mut ys);
-            let mut nan = [f32::NAN; 20];
+            let mut nan = [f32::NAN; 40];
             super::gelu_in_place(&mut nan);
             assert!(nan.iter().all(|y| y.is_nan()), "gelu(NaN) = {nan:?}");
             for (&x, &y) in xs.iter().zip(&ys) {
