@@ -1536,14 +1536,12 @@ mod simd {
     /// Whether [`super::avx2_math`] runs here: x86-64 with AVX2 and FMA, without AVX-512 or
     /// with it held back (`ZOO_ISA=avx2`). (On AVX-512 CPUs the compiled loops of twice the
     /// width stay.)
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn avx2_math() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return !(super::avx512_allowed() && std::is_x86_feature_detected!("avx512f"))
+        !(super::avx512_allowed() && std::is_x86_feature_detected!("avx512f"))
             && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma");
-        #[cfg(not(target_arch = "x86_64"))]
-        false
+            && std::is_x86_feature_detected!("fma")
     }
 
     /// `x <- e^x` ([`exp`]), by [`super::avx2_math`] where it runs.
