@@ -1435,6 +1435,21 @@ pub(super) fn avx512_allowed() -> bool {
 
 /// Element-wise loops compiled for AVX-512 and AVX2 (chosen at run time) and for the baseline.
 mod simd {
+    /// Whether the loops run their AVX-512 versions: the CPU has AVX-512 and FMA, and
+    /// `ZOO_ISA=avx2` does not hold them back.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn avx512_runs() -> bool {
+        super::avx512_allowed() && std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma")
+    }
+
+    /// Whether the CPU has AVX2 and FMA, for the loops' AVX2 versions.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn avx2_runs() -> bool {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+
     macro_rules! multiversion {
         ($(#[$doc:meta])* fn $name:ident($arg:ident: $ty:ty) $body:block) => {
             $(#[$doc])*
@@ -1447,14 +1462,11 @@ mod simd {
                     unsafe fn avx512($arg: $ty) { generic($arg) }
                     #[target_feature(enable = "avx2,fma")]
                     unsafe fn avx2($arg: $ty) { generic($arg) }
-                    if super::avx512_allowed()
-                        && std::is_x86_feature_detected!("avx512f")
-                        && std::is_x86_feature_detected!("fma")
-                    {
+                    if avx512_runs() {
                         // SAFETY: the CPU has the features the function was compiled for.
                         return unsafe { avx512($arg) };
                     }
-                    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    if avx2_runs() {
                         return unsafe { avx2($arg) };
                     }
                 }
@@ -1533,15 +1545,12 @@ mod simd {
         if x < -87.0 { 0.0 } else { scaled }
     }
 
-    /// Whether [`super::avx2_math`] runs here: x86-64 with AVX2 and FMA, without AVX-512 or
-    /// with it held back (`ZOO_ISA=avx2`). (On AVX-512 CPUs the compiled loops of twice the
-    /// width stay.)
+    /// Whether [`super::avx2_math`] runs here: where the loops above run their AVX2 versions.
+    /// (On AVX-512 CPUs the compiled loops of twice the width stay.)
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn avx2_math() -> bool {
-        !(super::avx512_allowed() && std::is_x86_feature_detected!("avx512f"))
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
+        !avx512_runs() && avx2_runs()
     }
 
     /// `x <- e^x` ([`exp`]), by [`super::avx2_math`] where it runs.
